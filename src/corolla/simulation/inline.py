@@ -1,0 +1,52 @@
+"""The `inline` backend: every node's handler runs sequentially in this process.
+
+Breakpoints and print debugging work; nothing is pickled or copied.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator, Sequence
+
+from ..client.app import ClientApp
+from ..grid import timeout_reply
+from ..message import Message
+from .federation import Federation, NodeStates, run_message
+
+
+class InlineGrid:
+    def __init__(self, app: ClientApp, federation: Federation, states: NodeStates | None = None):
+        self.app = app
+        self.federation = federation
+        self.states = states if states is not None else NodeStates()
+        self._pending: dict[str, Message] = {}
+
+    def node_ids(self) -> range:
+        return self.federation.node_ids()
+
+    def send(self, messages: Sequence[Message]) -> list[str]:
+        n = self.federation.num_nodes
+        for m in messages:
+            if not 0 <= m.metadata.dst < n:
+                raise ValueError(f"message to node {m.metadata.dst}, but the federation has nodes 0..{n - 1}")
+            self._pending[m.metadata.message_id] = m
+        return [m.metadata.message_id for m in messages]
+
+    def receive(self, message_ids: Sequence[str], timeout: float) -> Iterator[Message]:
+        start = time.monotonic()
+        for mid in message_ids:
+            msg = self._pending.pop(mid)
+            if time.monotonic() - start > timeout:
+                yield timeout_reply(msg, time.monotonic() - start)
+                continue
+            node = msg.metadata.dst
+            # a deep copy so a failed handler cannot leave half-modified state behind
+            ctx = self.federation.context(node, msg.metadata.round, copy.deepcopy(self.states.get(node)))
+            reply = run_message(self.app, msg, ctx)
+            if reply.error is None:
+                self.states.put(node, ctx.state)
+            yield reply
+
+    def close(self) -> None:
+        self._pending.clear()
