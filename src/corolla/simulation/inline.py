@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from ..client.app import ClientApp
 from ..grid import timeout_reply
 from ..message import Message
+from ..records import Arrays
 from .federation import Federation, NodeStates, run_message
 
 
@@ -27,10 +28,14 @@ class InlineGrid:
 
     def send(self, messages: Sequence[Message]) -> list[str]:
         n = self.federation.num_nodes
+        views: dict[int, Arrays] = {}
         for m in messages:
             if not 0 <= m.metadata.dst < n:
                 raise ValueError(f"message to node {m.metadata.dst}, but the federation has nodes 0..{n - 1}")
-            self._pending[m.metadata.message_id] = m
+            arrays = m.content.arrays
+            if id(arrays) not in views:
+                views[id(arrays)] = read_only(arrays)
+            self._pending[m.metadata.message_id] = m.with_content(arrays=views[id(arrays)])
         return [m.metadata.message_id for m in messages]
 
     def receive(self, message_ids: Sequence[str], timeout: float) -> Iterator[Message]:
@@ -50,3 +55,13 @@ class InlineGrid:
 
     def close(self) -> None:
         self._pending.clear()
+
+
+def read_only(arrays: Arrays) -> Arrays:
+    """Views that raise on in-place writes, so a handler cannot corrupt the global arrays."""
+    out = Arrays()
+    for k, v in arrays.items():
+        view = v.view()
+        view.flags.writeable = False
+        out[k] = view
+    return out

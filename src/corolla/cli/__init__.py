@@ -1,0 +1,1 @@
+"""The `corolla` command line."""

@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+
+from corolla import Arrays
+from corolla.strategies import FedAvg, InvalidReply, Mean, RoundCtx, SGD, Strategy, StrategyError, Uniform, WeightCap
+
+
+def ctx(r=1, seed=0, n=10):
+    return RoundCtx(round=r, seed=seed, num_nodes=n)
+
+
+def test_uniform_selection_seeded_and_sized():
+    sel = Uniform(fraction=0.3, min_nodes=2)
+    a, _ = sel.select({}, range(100), ctx(r=1))
+    b, _ = sel.select({}, range(100), ctx(r=1))
+    c, _ = sel.select({}, range(100), ctx(r=2))
+    assert a == b and a != c and len(a) == 30 and len(set(a)) == 30
+    assert Uniform(fraction=0.01, min_nodes=5).select({}, range(100), ctx())[0].__len__() == 5
+
+
+def test_uniform_large_lazy_federation():
+    nodes, _ = Uniform(fraction=100 / 1_000_000, min_nodes=2).select({}, range(1_000_000), ctx())
+    assert len(nodes) == 100 and all(0 <= n < 1_000_000 for n in nodes)
+
+
+def test_min_nodes_larger_than_federation_names_fix():
+    with pytest.raises(StrategyError, match=r"at least 5 nodes.*has 3.*--nodes 5"):
+        FedAvg(min_train_nodes=5).validate(3)
+
+
+def test_fedavg_weighted_mean_hand_computed():
+    s = FedAvg()
+    base = Arrays({"w": np.array([0.0, 0.0], np.float32)})
+    st = s.init(base)
+    acc = s.open(st, ctx())
+    s.add(acc, 1, Arrays({"w": np.array([1.0, 2.0], np.float32)}), {"num-examples": 1, "loss": 1.0}, ctx())
+    s.add(acc, 2, Arrays({"w": np.array([4.0, 8.0], np.float32)}), {"num-examples": 3, "loss": 3.0}, ctx())
+    st2, train, server = s.close(acc, ctx())
+    # (1*[1,2] + 3*[4,8]) / 4 = [3.25, 6.5]
+    np.testing.assert_array_equal(st2["params"]["w"], np.array([3.25, 6.5], np.float32))
+    assert st2["params"]["w"].dtype == np.float32
+    assert train == {"loss": 2.5}
+    assert server["num-updates"] == 2
+    assert st["params"]["w"][0] == 0.0  # state in, state out: the input is untouched
+
+
+def test_server_lr_scales_the_update():
+    s = Strategy(select=Uniform(min_nodes=1), optimizer=SGD(lr=0.5))
+    base = Arrays({"w": np.array([1.0], np.float64)})
+    st = s.init(base)
+    acc = s.open(st, ctx())
+    s.add(acc, 0, Arrays({"w": np.array([3.0])}), {"num-examples": 1}, ctx())
+    st, _, server = s.close(acc, ctx())
+    assert st["params"]["w"][0] == 2.0 and server["server-lr"] == 0.5
+
+
+def test_schedule_hparam():
+    s = Strategy(select=Uniform(min_nodes=1), optimizer=SGD(lr=lambda r: 1.0 / r))
+    st = s.init(Arrays({"w": np.zeros(1)}))
+    acc = s.open(st, ctx(r=4))
+    s.add(acc, 0, Arrays({"w": np.ones(1)}), {"num-examples": 1}, ctx(r=4))
+    st, _, _ = s.close(acc, ctx(r=4))
+    assert st["params"]["w"][0] == 0.25
+
+
+def test_weight_cap_transform():
+    s = Strategy(select=Uniform(min_nodes=1), transforms=(WeightCap(2),))
+    st = s.init(Arrays({"w": np.zeros(1)}))
+    acc = s.open(st, ctx())
+    s.add(acc, 0, Arrays({"w": np.array([0.0])}), {"num-examples": 2}, ctx())
+    s.add(acc, 1, Arrays({"w": np.array([3.0])}), {"num-examples": 100}, ctx())
+    st, _, _ = s.close(acc, ctx())
+    assert st["params"]["w"][0] == 1.5  # capped to equal weights
+
+
+@pytest.mark.parametrize(
+    "reply, match",
+    [
+        (Arrays({"w": np.zeros(3, np.float32)}), r"float32\[3\] but the global array is float32\[2\]"),
+        (Arrays({"w": np.zeros(2, np.float64)}), r"float64\[2\].*astype\(np.float32\)"),
+        (Arrays({"v": np.zeros(2, np.float32)}), r"missing: \['w'\]"),
+        (Arrays({"w": np.array([np.nan, 0], np.float32)}), "NaN"),
+    ],
+)
+def test_invalid_replies_rejected_with_fix(reply, match):
+    s = FedAvg()
+    st = s.init(Arrays({"w": np.zeros(2, np.float32)}))
+    acc = s.open(st, ctx())
+    with pytest.raises(InvalidReply, match=match):
+        s.add(acc, 0, reply, {"num-examples": 1}, ctx())
+    assert acc.replies == 0
+
+
+def test_duplicate_transform_names_refused():
+    with pytest.raises(StrategyError, match="unique"):
+        Strategy(transforms=(WeightCap(1), WeightCap(2)))
+
+
+def test_mean_streaming_memory_is_per_model_not_per_reply():
+    m = Mean()
+    from corolla.strategies import Update
+
+    base = Arrays({"w": np.zeros(1000, np.float32)})
+    acc = m.open({}, ctx())
+    for i in range(50):
+        m.add(acc, Update(i, Arrays({"w": np.full(1000, i, np.float32)}), base, 1.0))
+    assert len(acc.sums) == 1 and acc.count == 50  # nothing per reply is kept
+    out, _, _ = m.result(acc, {}, ctx())
+    np.testing.assert_allclose(out["w"], 24.5)
