@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from corolla import Arrays
-from corolla.message import Message
+from corolla.message import SERVER_ID, Message
 
 
 def test_arrays_keep_order_and_share_memory():
@@ -81,7 +81,7 @@ def test_keras_like_adapter():
 def test_message_reply_routes_back():
     m = Message.create("train", dst=7, config={"lr": 0.1}, run_id="r", round=3)
     r = m.reply(metrics={"x": 1.0})
-    assert (r.metadata.src, r.metadata.dst, r.metadata.reply_to) == (7, 0, m.metadata.message_id)
+    assert (r.metadata.src, r.metadata.dst, r.metadata.reply_to) == (7, SERVER_ID, m.metadata.message_id)
     assert r.metadata.round == 3 and r.ok
     e = m.error_reply("exception", "bad")
     assert not e.ok and "bad" in str(e.error)

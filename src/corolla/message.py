@@ -19,6 +19,9 @@ TRAIN = "train"
 EVALUATE = "evaluate"
 QUERY = "query"
 
+#: the server side's address in `Metadata.src` / `dst` (node ids are >= 0)
+SERVER_ID = -1
+
 _ids = itertools.count()
 _prefix = f"{os.getpid():x}"
 
@@ -38,8 +41,8 @@ class Content:
 class Metadata:
     run_id: str = ""
     round: int = 0
-    src: int = 0  # node id; 0 is the server side
-    dst: int = 0
+    src: int = SERVER_ID  # node id, or SERVER_ID
+    dst: int = SERVER_ID
     message_id: str = ""
     reply_to: str = ""
     deadline: float = 0.0  # wall clock (time.time()) after which the sender stops waiting
@@ -79,7 +82,7 @@ class Message:
             kind=kind,
             content=Content(arrays if arrays is not None else Arrays(), dict(metrics or {}), dict(config or {})),
             metadata=Metadata(
-                run_id=run_id, round=round, src=0, dst=dst, message_id=new_message_id(),
+                run_id=run_id, round=round, src=SERVER_ID, dst=dst, message_id=new_message_id(),
                 deadline=deadline, created=time.time(),
             ),
         )

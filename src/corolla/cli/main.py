@@ -93,10 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.DEBUG if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for h in logging.getLogger().handlers:  # the per-run log file gets INFO; the terminal only `level`
+        h.setLevel(level)
     from ..project import ProjectError
     from ..store import StoreError
     from ..strategies.base import StrategyError
@@ -104,12 +104,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return {"new": cmd_new, "run": cmd_run, "runs": cmd_runs, "show": cmd_show, "plot": cmd_plot}[args.command](args)
-    except (ProjectError, StoreError, StrategyError, ValueError, TypeError) as e:
+    except (ProjectError, StoreError, StrategyError, ValueError, TypeError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RoundFailed as e:
         print(f"error: run failed: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # e.g. `corolla show ID --json | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted; continue with `corolla run --resume RUN_ID` (see `corolla runs`)", file=sys.stderr)
         return 130
@@ -146,7 +149,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         final = summary["final_metrics"]
         shown = {g: {k: round(v, 4) for k, v in m.items() if k not in ("num-updates", "weight-sum", "server-lr")} for g, m in final.items()}
-        print(f"run {history.run_id} completed {len(history.rounds)} rounds")
+        done = sum(1 for r in history.rounds if r.round > 0)
+        print(f"run {history.run_id} completed {done} rounds")
         for g, m in shown.items():
             if m:
                 print(f"  final {g}: " + ", ".join(f"{k}={v}" for k, v in m.items()))

@@ -42,6 +42,7 @@ class LiveProgress:
         self.ok = 0
         self.failed = 0
         self.first_round: int | None = None
+        self.first_start = self.start
         self.last = ""
 
     def __enter__(self) -> "LiveProgress":
@@ -59,7 +60,7 @@ class LiveProgress:
         if self.first_round is None or self.round <= self.first_round:
             return "?"
         done = self.round - self.first_round
-        per = (time.monotonic() - self.start) / done
+        per = (time.monotonic() - self.first_start) / done
         return _fmt_secs(per * max(0, self.num_rounds - self.round + 1))
 
     def _render(self) -> Text:
@@ -74,7 +75,7 @@ class LiveProgress:
     def round_started(self, round: int, num_rounds: int, stage: str, sampled: int) -> None:
         if self.first_round is None:
             self.first_round = round
-            self.start = time.monotonic()
+            self.first_start = time.monotonic()
         self.round, self.num_rounds, self.stage, self.sampled = round, num_rounds, stage, sampled
         self.ok = self.failed = 0
         if self.live:

@@ -65,10 +65,10 @@ def run_simulation(
     server_app: ServerApp,
     client_app: ClientApp,
     *,
-    num_nodes: int = 10,
+    num_nodes: int | None = None,
     num_rounds: int | None = None,
     backend: str = "process",
-    seed: int = 0,
+    seed: int | None = None,
     run_config: Config | None = None,
     node_config: Config | None = None,
     store: str | Path | Store | None = None,
@@ -79,8 +79,10 @@ def run_simulation(
 ) -> History:
     """Simulate `num_nodes` virtual nodes running `client_app` under `server_app`.
 
-    `num_rounds` overrides ``run_config["num-rounds"]`` (default 3). With `store` (a folder),
-    the run, its rounds and checkpoints are persisted; `resume` continues a stored run.
+    `num_nodes` defaults to 10, `seed` to 0, and `num_rounds` overrides ``run_config["num-rounds"]``
+    (default 3). With `store` (a folder), the run, its rounds and checkpoints are persisted;
+    `resume` continues a stored run with its stored seed, nodes and config (giving different
+    ones is an error; only `num_rounds` may change).
     """
     if not isinstance(server_app, ServerApp):
         raise TypeError(f"server_app must be a corolla.ServerApp, got {type(server_app).__name__}")
@@ -99,29 +101,17 @@ def run_simulation(
     states = NodeStates()
     if resume:
         assert st is not None
-        info = st.get_run(resume)
-        run_id = info.run_id
-        config = {**info.config, **({"num-rounds": num_rounds} if num_rounds is not None else {})}
-        seed, num_nodes = info.seed, info.num_nodes
-        ck = st.latest_checkpoint(run_id)
-        if ck is not None:
-            last, saved = ck
-            st.delete_rounds_after(run_id, last)
-            records = [RoundRecord.from_dict(r) for r in st.rounds(run_id)]
-            resume_from = (last, saved["strategy"], records)
-            states = NodeStates({int(k): v for k, v in saved.get("nodes", {}).items()})
-        else:
-            st.delete_rounds_after(run_id, -1)
-        st.update_run(run_id, num_rounds=int(config.get("num-rounds", 3)))
-        st.set_status(run_id, "running")
-        st.add_event(run_id, "resume", f"resumed after round {resume_from[0] if resume_from else 0}")
-    elif st is not None:
-        run_id = st.create_run(
-            project=project, seed=seed, num_rounds=int(config.get("num-rounds", 3)), num_nodes=num_nodes,
-            backend=backend, config=config,
-        )
+        run_id, config, seed, num_nodes, resume_from, states = _reopen(st, resume, seed, num_nodes, config, backend)
     else:
-        run_id = time.strftime("sim-%Y%m%d-%H%M%S", time.gmtime())
+        num_nodes = 10 if num_nodes is None else num_nodes
+        seed = 0 if seed is None else seed
+        if st is not None:
+            run_id = st.create_run(
+                project=project, seed=seed, num_rounds=int(config.get("num-rounds", 3)), num_nodes=num_nodes,
+                backend=backend, config=config,
+            )
+        else:
+            run_id = time.strftime("sim-%Y%m%d-%H%M%S", time.gmtime())
     num_rounds_final = int(config.get("num-rounds", 3))
     federation = Federation(num_nodes=num_nodes, run_id=run_id, seed=seed, run_config=config, node_config=dict(node_config or {}))
     ctx = ServerContext(
@@ -152,6 +142,43 @@ def run_simulation(
         if log_handler is not None:
             logging.getLogger("corolla").removeHandler(log_handler)
             log_handler.close()
+
+
+def _reopen(st: Store, resume: str, seed: int | None, num_nodes: int | None, config: Config, backend: str) -> tuple:
+    """Load a stored run's settings, last checkpoint and records for `resume`."""
+    info = st.get_run(resume)
+    _check_resume(info, seed, num_nodes, config)
+    run_id = info.run_id
+    config = {**info.config, **({"num-rounds": config["num-rounds"]} if "num-rounds" in config else {})}
+    resume_from, states = None, NodeStates()
+    ck = st.latest_checkpoint(run_id)
+    if ck is not None:
+        last, saved = ck
+        st.delete_rounds_after(run_id, last)
+        records = [RoundRecord.from_dict(r) for r in st.rounds(run_id)]
+        resume_from = (last, saved["strategy"], records)
+        states = NodeStates({int(k): v for k, v in saved.get("nodes", {}).items()})
+    else:
+        st.delete_rounds_after(run_id, -1)
+    st.update_run(run_id, num_rounds=int(config.get("num-rounds", 3)), backend=backend, config=config)
+    st.set_status(run_id, "running")
+    st.add_event(run_id, "resume", f"resumed after round {resume_from[0] if resume_from else 0}")
+    return run_id, config, info.seed, info.num_nodes, resume_from, states
+
+
+def _check_resume(info: Any, seed: int | None, num_nodes: int | None, run_config: Config | None) -> None:
+    """A resumed run must be the same run: only its number of rounds may change."""
+    changed = [f"seed {info.seed} -> {seed}"] if seed is not None and seed != info.seed else []
+    if num_nodes is not None and num_nodes != info.num_nodes:
+        changed.append(f"nodes {info.num_nodes} -> {num_nodes}")
+    for k, v in (run_config or {}).items():
+        if k != "num-rounds" and info.config.get(k) != v:
+            changed.append(f"config {k}: {info.config.get(k)!r} -> {v!r}")
+    if changed:
+        raise ValueError(
+            f"run {info.run_id} cannot resume with different settings ({'; '.join(changed)}); "
+            f"resume it unchanged (only --rounds may grow it) or start a new run"
+        )
 
 
 def _attach_run_log(st: Store | None, run_id: str) -> logging.Handler | None:
@@ -185,14 +212,19 @@ def run_project(
     proj = Project.load(path)
     server_app, client_app = proj.load_apps()
     sim = proj.simulation
-    run_config = {**proj.config, **(config or {})}
+    if resume:  # the stored run's settings apply; only explicit choices are checked against them
+        run_config = dict(config or {})
+    else:
+        run_config = {**proj.config, **(config or {})}
+        num_nodes = int(num_nodes if num_nodes is not None else sim.get("nodes", 10))
+        seed = int(seed if seed is not None else proj.seed)
     return run_simulation(
         server_app,
         client_app,
-        num_nodes=int(num_nodes if num_nodes is not None else sim.get("nodes", 10)),
+        num_nodes=num_nodes,
         num_rounds=num_rounds,
         backend=backend or sim.get("backend", "process"),
-        seed=int(seed if seed is not None else proj.seed),
+        seed=seed,
         run_config=run_config,
         node_config=sim.get("node-config"),
         store=store if store is not None else proj.path / ".corolla",

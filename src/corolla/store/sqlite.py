@@ -368,13 +368,15 @@ class Store:
         return rnd, read_checkpoint(self.root / rel, sha)
 
     def delete_rounds_after(self, run_id: str, round: int) -> int:
-        """Forget rounds after `round` (the checkpoint a resume starts from); returns how many."""
+        """Forget rounds (and their events) after `round`, the checkpoint a resume starts from."""
         with self._commit_lock:
             with self._tx(durable=True) as conn:
                 rid = self._resolve(conn, run_id)
                 n = conn.execute("DELETE FROM rounds WHERE run_id = ? AND round > ?", (rid, round)).rowcount
                 conn.execute("DELETE FROM metrics WHERE run_id = ? AND round > ?", (rid, round))
                 conn.execute("DELETE FROM checkpoints WHERE run_id = ? AND round > ?", (rid, round))
+                # events of rounds being redone would otherwise appear twice
+                conn.execute("DELETE FROM events WHERE run_id = ? AND round > ?", (rid, round))
                 conn.execute("UPDATE runs SET updated = ? WHERE run_id = ?", (time.time(), rid))
             self._prune_files(rid)
         return n

@@ -34,6 +34,7 @@ class Mean:
     """
 
     weighted: bool = True
+    #: trait: result is a function of the sum of per-update encodings (so it can stream, or sit on a secure sum)
     linear = True
 
     def min_updates(self) -> int:
@@ -77,7 +78,11 @@ class Mean:
             s /= acc.weight
             base = acc.base[k]
             out[k] = (s - base).astype(base.dtype, copy=False)
-        return out, state, {"num-updates": acc.count, "weight-sum": acc.weight}
+        metrics: Metrics = {"num-updates": acc.count, "weight-sum": acc.weight}
+        for k, v in acc.side.items():  # side statistics (e.g. a clipped bit) as weighted sums
+            if np.ndim(v) == 0:
+                metrics[f"side/{k}"] = float(v)
+        return out, state, metrics
 
 
 class MetricsMean:

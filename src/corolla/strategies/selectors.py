@@ -39,7 +39,8 @@ class Uniform:
         if self.min_nodes > num_nodes:
             raise StrategyError(
                 f"the strategy needs at least {self.min_nodes} nodes per round but the federation has "
-                f"{num_nodes}; lower min_nodes (or min_evaluate_nodes) to <= {num_nodes}, or add nodes "
+                f"{num_nodes}; lower the minimum (FedAvg: min_train_nodes / min_evaluate_nodes; Uniform: min_nodes) "
+                f"to <= {num_nodes}, or add nodes "
                 f"(e.g. --nodes {self.min_nodes})"
             )
 

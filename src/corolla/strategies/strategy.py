@@ -42,10 +42,10 @@ def check_reply_arrays(arrays: Arrays, expected: Arrays, *, finite: bool = False
     for k, v in arrays.items():
         e = expected[k]
         if v.dtype != e.dtype or v.shape != e.shape:
+            fix = f" (e.g. `.astype(np.{e.dtype.name})`)" if v.dtype != e.dtype else ""
             raise InvalidReply(
                 f"reply array {k!r} is {v.dtype}{list(v.shape)} but the global array is "
-                f"{e.dtype}{list(e.shape)}; return it with the same dtype and shape "
-                f"(e.g. `.astype(np.{e.dtype.name})`)"
+                f"{e.dtype}{list(e.shape)}; return it with the same dtype and shape{fix}"
             )
         if finite and v.dtype.kind in "fc" and not np.isfinite(v).all():
             raise InvalidReply(f"reply array {k!r} contains NaN or infinity")

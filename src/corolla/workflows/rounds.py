@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Union
+from dataclasses import dataclass
+from typing import Union
 
 from ..grid import Grid, send_and_receive
 from ..message import EVALUATE, TRAIN, Message
@@ -37,17 +37,15 @@ class Rounds:
 
     strategy: Strategy
     initial_arrays: Arrays | Callable[[], Arrays]
-    num_rounds: int | None = None  # None: the runtime's (--rounds / run config "num-rounds")
     round_timeout: float = 600.0
     min_replies: int = 1
     evaluate_fn: EvaluateFn | None = None
     train_config: Callable[[int], Config] | None = None
     evaluate_config: Callable[[int], Config] | None = None
     evaluate_every: int = 1  # federated evaluation every k rounds (and always after the last)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def run(self, grid: Grid, ctx: ServerContext) -> History:
-        num_rounds = self.num_rounds if self.num_rounds is not None else ctx.num_rounds
+        num_rounds = ctx.num_rounds  # one source: the runtime's (--rounds / run config "num-rounds")
         node_ids = grid.node_ids()
         self.strategy.validate(len(node_ids))
         if self.min_replies > self.strategy.select.min_cohort and self.min_replies > self.strategy.select.cohort_size(len(node_ids)):
