@@ -1,0 +1,43 @@
+"""The node side, written as decorated handlers: each takes the message and the node's
+context and returns a reply."""
+
+from __future__ import annotations
+
+import torch
+
+from corolla import ClientApp, Context, Message
+
+from .task import Net, get_arrays, load_data, set_arrays
+from .task import evaluate as evaluate_model
+from .task import train as train_model
+
+app = ClientApp()
+
+
+def _data(ctx: Context):
+    # in a simulation every node knows its partition; the run seed fixes the split
+    alpha = float(ctx.run_config.get("dirichlet-alpha", 0.5))
+    return load_data(ctx.partition_id, ctx.num_partitions, alpha, ctx.seed)
+
+
+@app.train
+def train(msg: Message, ctx: Context) -> Message:
+    torch.manual_seed(ctx.seed_for("train"))  # reproducible shuffling, per node and round
+    X, y, _, _ = _data(ctx)
+    config = msg.content.config  # local-epochs, learning-rate and batch-size, sent by the server
+    net = Net()
+    set_arrays(net, msg.content.arrays)
+    loss = train_model(
+        net, X, y, int(config["local-epochs"]), float(config["learning-rate"]), int(config["batch-size"])
+    )
+    # num-examples weights this node's model in the average
+    return msg.reply(arrays=get_arrays(net), metrics={"train-loss": loss, "num-examples": len(y)})
+
+
+@app.evaluate
+def evaluate(msg: Message, ctx: Context) -> Message:
+    _, _, X_test, y_test = _data(ctx)
+    net = Net()
+    set_arrays(net, msg.content.arrays)
+    loss, accuracy = evaluate_model(net, X_test, y_test)
+    return msg.reply(metrics={"loss": loss, "accuracy": accuracy, "num-examples": len(y_test)})

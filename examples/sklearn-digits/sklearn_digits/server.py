@@ -1,0 +1,30 @@
+"""The server side: FedAvg over the nodes' models, centralized evaluation on held-out data."""
+
+from __future__ import annotations
+
+from corolla import Arrays, FedAvg, Rounds, ServerApp, ServerContext
+
+from .task import evaluate as evaluate_model
+from .task import initial_arrays, load_test_data, make_model
+
+
+def server(ctx: ServerContext) -> Rounds:
+    cfg = ctx.run_config
+    X_test, y_test = load_test_data(ctx.seed)
+
+    def evaluate(round: int, arrays: Arrays) -> tuple[float, dict]:
+        loss, accuracy = evaluate_model(make_model(arrays), X_test, y_test)
+        return loss, {"accuracy": accuracy}
+
+    strategy = FedAvg(
+        fraction_train=float(cfg.get("fraction-train", 0.5)),
+        fraction_evaluate=float(cfg.get("fraction-evaluate", 0.5)),
+        node_config={  # sent to the nodes with every train message
+            "local-epochs": int(cfg.get("local-epochs", 2)),
+            "learning-rate": float(cfg.get("learning-rate", 0.1)),
+        },
+    )
+    return Rounds(strategy=strategy, initial_arrays=initial_arrays(), evaluate_fn=evaluate)
+
+
+app = ServerApp(server)

@@ -1,0 +1,1 @@
+"""Federated linear regression in plain numpy."""

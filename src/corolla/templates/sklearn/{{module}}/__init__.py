@@ -1,0 +1,1 @@
+"""Federated logistic regression on the digits data set with scikit-learn."""
