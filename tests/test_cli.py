@@ -136,3 +136,28 @@ def test_every_command_has_help_with_example():
     for cmd in ["new", "run", "runs", "show", "plot"]:
         out = corolla(cmd, "--help").stdout
         assert "example" in out and "corolla " + cmd in out
+
+
+@pytest.mark.parametrize("example", ["numpy-linreg", "sklearn-digits", "pytorch-digits"])
+def test_examples_run_as_one_command(tmp_path, example):
+    s = run_json_for(tmp_path, Path(__file__).parents[1] / "examples" / example, "--rounds", "2")
+    assert [r["round"] for r in s["rounds"]][-2:] == [1, 2]
+    assert s["final_metrics"]["server"]  # centralized evaluation ran
+    assert all(not r["failures"] for r in s["rounds"])
+
+
+def test_new_then_run(tmp_path):
+    corolla("new", tmp_path / "my-app", "--template", "numpy")
+    assert (tmp_path / "my-app" / "my_app" / "client.py").exists()
+    s = run_json_for(tmp_path, tmp_path / "my-app", "--rounds", "2", "--nodes", "3")
+    assert s["rounds"][-1]["round"] == 2
+    runs = json.loads(corolla("runs", "--store", tmp_path / "store", "--json").stdout)
+    assert runs[0]["run_id"] == s["run_id"] and runs[0]["status"] == "completed"
+    p = corolla("new", tmp_path / "my-app", "--template", "numpy", check=False)
+    assert p.returncode == 2 and "error:" in p.stderr and "Traceback" not in p.stderr
+
+
+def run_json_for(tmp_path, project, *args):
+    out = tmp_path / "summary.json"
+    corolla("run", project, "--store", tmp_path / "store", "--json", out, "--quiet", *args, timeout=300)
+    return json.loads(out.read_text())
