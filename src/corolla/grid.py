@@ -28,7 +28,10 @@ class Grid(Protocol):
         ...
 
     def receive(self, message_ids: Sequence[str], timeout: float) -> Iterator[Message]:
-        """Yield one reply per message id, in arrival order.
+        """Yield one reply per message id as replies arrive.
+
+        Simulation grids yield in the order of `message_ids` (buffering early arrivals), so
+        aggregation folds in a fixed order and results are bit-reproducible.
 
         A node that fails, disappears or misses the deadline yields an error reply
         (code ``timeout``, ``node-lost``, ``exception``...), so the iterator always ends within
