@@ -65,6 +65,8 @@ class LiveProgress:
 
     def _render(self) -> Text:
         elapsed = _fmt_secs(time.monotonic() - self.start)
+        if not self.num_rounds:
+            return Text(f"starting: loading the apps and the workers  elapsed {elapsed}")
         line = (
             f"round {self.round}/{self.num_rounds}  {self.stage} {self.ok}/{self.sampled} replied"
             + (f" ({self.failed} failed)" if self.failed else "")
