@@ -5,9 +5,9 @@
 How a round flows:
 
 * **Workers** are forked once (``multiprocessing`` "fork" context) and reused for every
-  round; each loads the `ClientApp` once (an app object is inherited through the fork, a
-  loader is called in the worker). Workers ignore SIGINT (Ctrl-C is the parent's business)
-  and get default handlers for the other signals the parent may have taken over.
+  round; each loads the `ClientApp` once. What runs inside them (the app, signals, the task
+  loop, reply batching) is in `worker`; what crosses between the two sides (frames, array
+  layouts, the control block) is in `wire`; segments are made and removed by `shm`.
 * **Broadcast once.** Messages of one `send` that share one `Arrays` object are written once
   into one shared-memory segment (arrays packed at 64-byte alignment). A task carries only a
   descriptor (segment name, names/dtypes/shapes/offsets); each worker maps the segment once
@@ -19,8 +19,7 @@ How a round flows:
   arrays), to whichever worker has room (two chunks in flight per worker), so every core
   stays busy and replies arrive nearly in order. A node gets one message at a time, as inline.
 * **Replies** come back without pickling arrays: a worker copies the reply's arrays into its
-  own shared-memory ring and sends a small header (metadata, metrics, config, error, node
-  state, array descriptors; a few per pipe write). The parent yields a `Message` whose arrays
+  own shared-memory ring and sends a small header. The parent yields a `Message` whose arrays
   are numpy views of that ring (zero copy).
 * **Order.** `receive` yields replies in the order of the message ids it is given (arrivals
   are buffered, at most a few chunks ahead), so aggregation folds them in a fixed order:
@@ -59,19 +58,14 @@ from __future__ import annotations
 
 import itertools
 import math
-import mmap
 import multiprocessing
 import os
-import pickle
-import select
 import selectors
 import signal
-import sys
 import threading
 import time
-import traceback
 import weakref
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -80,13 +74,15 @@ import numpy as np
 from ..client.app import ClientApp
 from ..grid import timeout_reply
 from ..message import Content, Error, Message, Metadata
-from ..records import ALLOWED_DTYPES, Arrays
+from ..records import Arrays
 from . import shm
-from .federation import Federation, NodeStates, run_message
+from .federation import Federation, NodeStates
+from .wire import (
+    FLUSH_SIGNAL, READ_SIZE, RING_HEADER, array_layout, array_views, control_block, frame, inline_ref, new_arrays,
+    parse_frames, ring_consumed, slot_views, write_arrays,
+)
+from .worker import worker_main
 
-ALIGN = 64
-#: bytes at the start of a worker's ring: [0:8] how far the parent has consumed (uint64)
-_CTRL = 64
 #: arrays not shared by several messages and smaller than this are pickled with the task
 INLINE_MAX = 64 * 1024
 #: tasks per chunk: at most this many, about this many bytes of arrays and seconds of work
@@ -100,26 +96,12 @@ STRAGGLER_S = 0.25
 FLUSH_LATE = 0.01
 #: how often the parent looks at what its workers are doing
 CHECK_S = 0.01
-#: a worker's first reply ring is at least this big (and at least 8 replies); a full ring is
-#: replaced by one twice as big, up to MAX_RING (or 8 replies, if more)
-MIN_RING = 4 * 1024 * 1024
-MAX_RING = 256 * 1024 * 1024
-#: a worker sends its replies in batches: after this many, after this long, or when idle
-FLUSH_MAX = 8
-FLUSH_S = 0.002
 #: at a deadline, how long to wait for workers to hand over replies they finished but still hold
 FLUSH_WAIT = 0.3
-#: the signal that asks a worker to send the replies it holds now
-FLUSH_SIGNAL = signal.SIGUSR1
 #: replies may run this many chunks ahead of the one receive() is waiting for (bounds memory)
 WINDOW_CHUNKS = 8
 #: how long close() waits for workers to exit before killing them
 STOP_GRACE = 1.0
-#: bytes per worker slot in the control block: [0:8] 1 + the task it is running (0: none),
-#: [8:16] when it started it (monotonic clock), [16:24] skip tasks dispatched to it before this
-_SLOT = 64
-_READ = 1 << 20
-_HDR = 8
 
 #: every segment name starts with _TAG + the parent's pid and pid namespace (hex): crl<pid>n<ns>_
 _TAG = "crl"
@@ -129,87 +111,11 @@ _serial = itertools.count(1)
 _PARENT_FDS: set[int] = set()
 
 
-_ALLOWED = {np.dtype(d): d for d in ALLOWED_DTYPES}
-
-
-def _fast_arrays_ok() -> bool:
+def _sigkill(proc: Any) -> None:
     try:
-        a = Arrays.__new__(Arrays)
-        a._d = {"x": np.zeros(1)}  # type: ignore[attr-defined]
-        return len(a) == 1 and list(a) == ["x"] and a["x"].shape == (1,)
-    except Exception:  # noqa: BLE001
-        return False
-
-
-_FAST_ARRAYS = _fast_arrays_ok()
-
-
-def _new_arrays(d: dict[str, np.ndarray]) -> Arrays:
-    """Arrays around a dict of already-checked numpy arrays (no per-item validation)."""
-    if _FAST_ARRAYS:
-        a = Arrays.__new__(Arrays)
-        a._d = d  # type: ignore[attr-defined]
-        return a
-    return Arrays(d)
-
-
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) & ~(ALIGN - 1)
-
-
-def _frame(obj: Any) -> bytes:
-    payload = pickle.dumps(obj, protocol=5)
-    return len(payload).to_bytes(_HDR, "little") + payload
-
-
-def _parse_frames(buf: bytearray) -> list[Any]:
-    """Take every complete frame off the front of `buf`."""
-    out = []
-    pos, end = 0, len(buf)
-    mv = memoryview(buf)
-    try:
-        while end - pos >= _HDR:
-            n = int.from_bytes(mv[pos:pos + _HDR], "little")
-            if end - pos - _HDR < n:
-                break
-            out.append(pickle.loads(mv[pos + _HDR:pos + _HDR + n]))
-            pos += _HDR + n
-    finally:
-        mv.release()
-    if pos:
-        del buf[:pos]
-    return out
-
-
-def _layout(arrays: Any) -> tuple[list[tuple[str, str, tuple[int, ...], int]], list[np.ndarray], int]:
-    """(name, dtype, shape, offset) per array, 64-byte aligned, and the total size."""
-    layout, values, off = [], [], 0
-    allowed = _ALLOWED
-    for k, a in arrays.items():
-        if type(a) is not np.ndarray:
-            a = np.asarray(a)
-        dt = allowed.get(a.dtype)
-        if dt is None:
-            raise TypeError(f"array {k!r} has dtype {a.dtype} which cannot be sent; convert it (e.g. to float32)")
-        off = (off + ALIGN - 1) & ~(ALIGN - 1)
-        layout.append((k, dt, a.shape, off))
-        values.append(a)
-        off += a.nbytes
-    return layout, values, off
-
-
-def _write(mm: Any, base: int, layout: Sequence[tuple], values: Sequence[np.ndarray]) -> None:
-    for (_, dt, shape, off), a in zip(layout, values):
-        nb = a.nbytes
-        if not nb:
-            continue
-        start = base + off
-        if a.flags.c_contiguous:
-            mm[start:start + nb] = a  # one memcpy
-        else:
-            dst = np.ndarray(shape, dt, buffer=mm, offset=start)
-            np.copyto(dst, a, casting="no")
-            del dst
+        proc.kill()
+    except OSError:
+        pass
 
 
 def _signal_name(code: int) -> str:
@@ -217,303 +123,6 @@ def _signal_name(code: int) -> str:
         return signal.Signals(code).name
     except ValueError:
         return f"signal {code}"
-
-
-# ---------------------------------------------------------------------------------------------
-# worker side
-# ---------------------------------------------------------------------------------------------
-
-
-class _Ring:
-    """A worker's reply arena: a ring of variable-size regions in one shared-memory segment.
-
-    The worker appends; the parent writes how far it has consumed into the first 8 bytes.
-    A region is reused only after the parent has released it and every region before it."""
-
-    def __init__(self, name: str, size: int):
-        self.name, self.size = name, size
-        self.mm = shm.create(name, size)
-        self.ctrl = np.ndarray((1,), np.uint64, buffer=self.mm, offset=0)
-        self.cap = size - _CTRL
-        self.written = 0  # bytes handed out so far (monotonic, wrap padding included)
-        self.announced = False
-
-    def alloc(self, n: int) -> tuple[int, int] | None:
-        """(offset in the data area, running end) for `n` bytes, or None if full."""
-        consumed = int(self.ctrl[0])
-        pos = self.written % self.cap
-        pad = self.cap - pos if pos + n > self.cap else 0
-        if self.written + pad + n - consumed > self.cap:
-            return None
-        off = 0 if pad else pos
-        self.written += pad + n
-        return off, self.written
-
-
-class _Worker:
-    def __init__(self, app_src: ClientApp | Callable[[], ClientApp], federation: Federation,
-                 task_fd: int, res_fd: int, prefix: str, ctl: Any, slot: int):
-        self.federation = federation
-        # shared with the parent: which task this worker is inside, since when; what to skip
-        self.running = np.ndarray((1,), np.int64, buffer=ctl, offset=slot * _SLOT)
-        self.started = np.ndarray((1,), np.float64, buffer=ctl, offset=slot * _SLOT + 8)
-        self.cancel = np.ndarray((1,), np.int64, buffer=ctl, offset=slot * _SLOT + 16)
-        self.t0 = 0.0
-        self.task_fd, self.res_fd = task_fd, res_fd
-        self.prefix = prefix
-        self.ring: _Ring | None = None
-        self.ring_serial = itertools.count()
-        self.created: list[str] = []  # ring names this worker made (unlinked by the parent)
-        self.bcast: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
-        self.app_src = app_src
-        self.app: ClientApp | None = None
-        self.out = bytearray()  # reply frames not yet written
-        self.out_n = 0
-        self.out_t = 0.0
-        self.in_io = False
-        self.flush_asked = False
-
-    # -- io -----------------------------------------------------------------------------------
-    def send(self, obj: Any) -> None:
-        self.emit(_frame(obj))
-        self.flush()
-
-    def emit(self, frame: bytes) -> None:
-        self.in_io = True
-        if not self.out_n:
-            self.out_t = time.monotonic()
-        self.out += frame
-        self.out_n += 1
-        self.in_io = False
-        if self.flush_asked:
-            self.on_flush_signal()
-
-    def flush(self) -> None:
-        self.in_io = True
-        out = self.out
-        if out:
-            pos, end = 0, len(out)
-            with memoryview(out) as mv:
-                while pos < end:
-                    pos += os.write(self.res_fd, mv[pos:])
-            out.clear()
-        self.out_n = 0
-        self.in_io = False
-        if self.flush_asked:
-            self.on_flush_signal()
-
-    def on_flush_signal(self, *_: Any) -> None:
-        """The parent's deadline passed: hand over finished replies now (runs as a signal handler)."""
-        if self.in_io:
-            self.flush_asked = True  # finish what is being written first
-            return
-        self.flush_asked = False
-        self.out += _frame(("flushed",))
-        self.out_n += 1
-        self.flush()
-
-    def run(self, parent_pid: int) -> None:
-        try:
-            app = self.app_src() if not isinstance(self.app_src, ClientApp) else self.app_src
-            if not isinstance(app, ClientApp):
-                raise TypeError(f"the app loader returned {type(app).__name__}, not a ClientApp")
-            self.app = app
-        except BaseException as e:  # noqa: BLE001
-            self.send(("fail", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
-            return
-        self.send(("ready", os.getpid()))
-        poller = select.poll()
-        poller.register(self.task_fd, select.POLLIN)
-        buf = bytearray()
-        queue: deque = deque()
-        monotonic = time.monotonic
-        running, started, cancel = self.running, self.started, self.cancel
-        while True:
-            while queue:
-                task = queue.popleft()
-                if task[7] < cancel[0]:
-                    continue  # the parent moved it to another worker
-                running[0] = task[0] + 1
-                started[0] = self.t0 = monotonic()
-                self.handle(task)
-                running[0] = 0
-                if self.out_n >= FLUSH_MAX or monotonic() - self.out_t >= FLUSH_S:
-                    self.flush()
-            if self.out_n:
-                self.flush()  # never sit on replies while idle
-            # wait for more work; notice a vanished parent within a second
-            while not queue:
-                if not poller.poll(1000):
-                    if os.getppid() != parent_pid:
-                        return
-                    continue
-                data = os.read(self.task_fd, _READ)
-                if not data:
-                    return  # the parent closed its end
-                buf += data
-                for obj in _parse_frames(buf):
-                    if obj[0] == "t":
-                        queue.extend(obj[1])
-                    elif obj[0] == "stop":
-                        return
-
-    def cleanup(self) -> None:
-        for name in self.created:
-            shm.unlink(name)
-
-    # -- one task -----------------------------------------------------------------------------
-    def arrays_for(self, aref: Any) -> Arrays:
-        if aref is None:
-            return Arrays()
-        if aref[0] == "i":
-            return Arrays(aref[1])
-        _, name, size, layout = aref
-        views = self.bcast.get(name)
-        if views is None:
-            # read-only mapping: the views cannot be written nor made writeable
-            mm = shm.attach(name, size, readonly=True)
-            views = {k: np.ndarray(shape, dt, buffer=mm, offset=off) for k, dt, shape, off in layout}
-            del mm  # the views keep the mapping alive
-            self.bcast[name] = views
-            while len(self.bcast) > 2:
-                self.bcast.popitem(last=False)
-        return _new_arrays(dict(views))  # a fresh mapping per message, the same shared views
-
-    def handle(self, task: tuple) -> None:
-        seq, kind, md, metrics, config, aref, state, _ = task
-        msg = Message(kind=kind, content=Content(Arrays(), metrics, config), metadata=Metadata(**md))
-        try:
-            self.run_task(seq, msg, aref, state)
-        except Exception as e:  # noqa: BLE001 - a bug here must not take the worker down
-            self.reply_error(seq, msg, "exception", f"node {msg.metadata.dst}: {type(e).__name__}: {e}\n{traceback.format_exc()}")
-
-    def run_task(self, seq: int, msg: Message, aref: Any, state: dict) -> None:
-        node = msg.metadata.dst
-        try:
-            msg.content.arrays = self.arrays_for(aref)
-        except Exception as e:  # noqa: BLE001
-            self.reply_error(seq, msg, "exception", f"node {node}: could not map the message's arrays: {type(e).__name__}: {e}")
-            return
-        ctx = self.federation.context(node, msg.metadata.round, state)
-        assert self.app is not None
-        reply = run_message(self.app, msg, ctx)
-        err = reply.error
-        if err is not None:
-            text = err.text
-            if err.code == "exception" and "read-only" in text and aref is not None and aref[0] == "s":
-                text = (
-                    "the received arrays are read-only views shared by every node (zero-copy broadcast); "
-                    "copy an array before changing it in place, e.g. `w = msg.content.arrays['w'].copy()`.\n" + text
-                )
-            try:
-                frame = _frame(("r", seq, reply.kind, vars(reply.metadata), {}, {}, (err.code, text), None, None,
-                                time.monotonic() - self.t0))
-            except Exception:  # noqa: BLE001 - e.g. odd metadata
-                frame = None
-            if frame is None:
-                self.reply_error(seq, msg, err.code, text)
-            else:
-                self.emit(frame)
-            return
-        ring = self.ring
-        mark = ring.written if ring is not None else 0
-        try:
-            rref = self.pack(reply.content.arrays)
-            frame = _frame(("r", seq, reply.kind, vars(reply.metadata), reply.content.metrics,
-                            reply.content.config, None, rref, ctx.state, time.monotonic() - self.t0))
-        except Exception as e:  # noqa: BLE001 - unpicklable metrics/config/state, bad arrays
-            if ring is not None and ring is self.ring:
-                ring.written = mark  # give back the region nobody will read
-            self.reply_error(seq, msg, "invalid-reply",
-                             f"node {node}: the reply could not be sent back: {type(e).__name__}: {e}")
-            return
-        if rref is not None and rref[0] == "a":
-            self.ring.announced = True  # type: ignore[union-attr]
-        self.emit(frame)
-
-    def reply_error(self, seq: int, msg: Message, code: str, text: str) -> None:
-        r = msg.error_reply(code, text)
-        self.emit(_frame(("r", seq, r.kind, vars(r.metadata), {}, {}, (code, text), None, None,
-                          time.monotonic() - self.t0)))
-
-    def pack(self, arrays: Any) -> Any:
-        if arrays is None or len(arrays) == 0:
-            return None
-        layout, values, total = _layout(arrays)
-        if total == 0:
-            return ("i", [(l[0], v) for l, v in zip(layout, values)])
-        n = _align(total)
-        ring = self.ring
-        got = ring.alloc(n) if ring is not None else None
-        if got is None:
-            size = max(MIN_RING, 8 * (n + _CTRL), min(2 * ring.size, MAX_RING) if ring is not None else 0)
-            size = -(-size // (1 << 20)) << 20
-            name = f"{self.prefix}{next(self.ring_serial)}"
-            try:
-                new = _Ring(name, size)
-            except OSError:
-                # no room in shared memory: pickle the arrays instead (slow but correct)
-                return ("i", [(l[0], np.array(v)) for l, v in zip(layout, values)])
-            self.created.append(name)
-            self.ring = ring = new  # the old ring is unmapped once nothing refers to it
-            got = ring.alloc(n)
-            assert got is not None
-        off, end = got
-        _write(ring.mm, _CTRL + off, layout, values)
-        return ("a", ring.name, 0 if ring.announced else ring.size, off, end, total, tuple(layout))
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this worker when the parent dies, even mid-handler."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - elsewhere the pipe's EOF and getppid() still tell
-        pass
-
-
-def _worker_main(app_src: Any, federation: Federation, task_fd: int, res_fd: int, prefix: str,
-                 parent_pid: int, close_fds: Sequence[int], ctl: Any, slot: int, pdeathsig: bool) -> None:
-    if pdeathsig and sys.platform.startswith("linux"):
-        _die_with_parent()
-    if os.getppid() != parent_pid:
-        return
-    w = _Worker(app_src, federation, task_fd, res_fd, prefix, ctl, slot)
-    signal.signal(FLUSH_SIGNAL, w.on_flush_signal)
-    signal.siginterrupt(FLUSH_SIGNAL, False)  # C-level reads/writes restart instead of failing
-    # Ctrl-C goes to the whole process group: the parent handles it, workers ignore it
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for s in ("SIGTERM", "SIGHUP", "SIGUSR2", "SIGALRM", "SIGCHLD"):
-        sig = getattr(signal, s, None)
-        if sig is not None and callable(signal.getsignal(sig)):
-            signal.signal(sig, signal.SIG_DFL)
-    try:
-        signal.set_wakeup_fd(-1)
-    except (ValueError, OSError):
-        pass
-    for fd in close_fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    # reply message ids must not collide with the parent's or a sibling's
-    from .. import message as _message
-
-    _message._prefix = f"{os.getpid():x}"
-    _message._ids = itertools.count()
-    try:
-        w.run(parent_pid)
-    except (BrokenPipeError, EOFError):
-        pass
-    finally:
-        w.cleanup()
-
-
-# ---------------------------------------------------------------------------------------------
-# parent side
-# ---------------------------------------------------------------------------------------------
 
 
 class _Arena:
@@ -525,7 +134,7 @@ class _Arena:
         self.name = name
         self.mm = shm.attach(name, size)
         shm.unlink(name)  # both sides have it mapped: the name is no longer needed
-        self.ctrl = np.ndarray((1,), np.uint64, buffer=self.mm, offset=0)
+        self.ctrl = ring_consumed(self.mm)
         self.regions: deque[_Region] = deque()
         self.retired = False
 
@@ -548,8 +157,7 @@ class _Region(weakref.ref):
     __slots__ = ("arena", "end", "released")
 
     def __new__(cls, owner: np.ndarray, callback: Callable, arena: _Arena, end: int) -> "_Region":
-        self = weakref.ref.__new__(cls, owner, callback)
-        return self
+        return weakref.ref.__new__(cls, owner, callback)
 
     def __init__(self, owner: np.ndarray, callback: Callable, arena: _Arena, end: int):
         super().__init__(owner, callback)
@@ -606,15 +214,11 @@ class _Resources:
 
     def drop_worker(self, w: _WorkerHandle) -> None:
         """Forget a dead worker: selector, fds, its shared memory."""
-        for fd in (w.res_fd, w.task_fd):
+        for fd in (w.res_fd, w.task_fd, w.proc.sentinel):
             try:
                 self.sel.unregister(fd)
             except (KeyError, ValueError, OSError):
                 pass
-        try:
-            self.sel.unregister(w.proc.sentinel)
-        except (KeyError, ValueError, OSError):
-            pass
         for fd in (w.res_fd, w.task_fd):
             _PARENT_FDS.discard(fd)
             try:
@@ -634,7 +238,7 @@ class _Resources:
                 return
             self.closed = True
         workers = list(self.workers.values())
-        stop = _frame(("stop",))
+        stop = frame(("stop",))
         for w in workers:
             try:
                 os.write(w.task_fd, stop)
@@ -645,10 +249,7 @@ class _Resources:
             w.proc.join(max(0.0, deadline - time.monotonic()))
         for w in workers:
             if w.proc.exitcode is None:
-                try:
-                    w.proc.kill()
-                except OSError:
-                    pass
+                _sigkill(w.proc)
                 w.proc.join(5.0)
         for w in workers:
             self.drop_worker(w)
@@ -704,10 +305,8 @@ class ProcessGrid:
         self._finalizer = weakref.finalize(self, _Resources.shutdown, self._res)
         self._slots: list[_WorkerHandle | None] = [None] * workers
         # the control block, shared with every (forked) worker: which task each slot is running
-        self._ctl = mmap.mmap(-1, _SLOT * workers)
-        self._running = np.ndarray((workers,), np.int64, buffer=self._ctl, strides=(_SLOT,))
-        self._started = np.ndarray((workers,), np.float64, buffer=self._ctl, offset=8, strides=(_SLOT,))
-        self._cancel = np.ndarray((workers,), np.int64, buffer=self._ctl, offset=16, strides=(_SLOT,))
+        self._ctl = control_block(workers)
+        self._running, self._started, self._cancel = slot_views(self._ctl, 0, workers)
         self._ema: float | None = None  # typical seconds per task
         self._checked = 0.0
         self._want: int | None = None  # the seq the current receive() waits for
@@ -751,7 +350,7 @@ class ProcessGrid:
         groups: dict[int, list[Message]] = {}
         for m in messages:
             groups.setdefault(id(m.content.arrays), []).append(m)
-        layouts = {key: _layout(msgs[0].content.arrays) if msgs[0].content.arrays else None
+        layouts = {key: array_layout(msgs[0].content.arrays) if msgs[0].content.arrays else None
                    for key, msgs in groups.items()}  # validates every dtype before anything is made
         refs: dict[int, tuple[Any, str | None, int]] = {}
         made: list[str] = []
@@ -773,7 +372,7 @@ class ProcessGrid:
                     else:
                         made.append(seg)
                         try:
-                            _write(mm, 0, layout, values)
+                            write_arrays(mm, 0, layout, values)
                         finally:
                             try:
                                 mm.close()
@@ -781,7 +380,7 @@ class ProcessGrid:
                                 pass
                         aref = ("s", seg, total, tuple(layout))
                 if aref is None:
-                    aref = ("i", [(l[0], v) for l, v in zip(layout, values)])
+                    aref = inline_ref(layout, values)
                 refs[key] = (aref, seg, cap)
         except BaseException:
             for seg in made:
@@ -845,7 +444,7 @@ class ProcessGrid:
                         if seq not in done:
                             self._expire(seqs[i:], now - start)
                         if seq not in done:  # e.g. received twice: its reply went elsewhere
-                            raise KeyError(f"no reply can come for this message (was it received already?)")
+                            raise KeyError("no reply can come for this message (was it received already?)")
                         continue
                     self._pump(min(deadline - now, CHECK_S))
                     continue
@@ -906,7 +505,7 @@ class ProcessGrid:
         self._cancel[slot] = 0
         try:
             proc = self._ctx.Process(
-                target=_worker_main,
+                target=worker_main,
                 args=(self.app_loader, self.federation, task_r, res_w, wprefix, os.getpid(), sorted(_PARENT_FDS),
                       self._ctl, slot,
                       # the death signal fires when the forking *thread* ends: only the main one is safe
@@ -962,10 +561,7 @@ class ProcessGrid:
         self._read(w)  # replies it sent before dying still count
         w.proc.join(1.0)
         if w.proc.exitcode is None:  # its pipe closed but it lives on: end it
-            try:
-                w.proc.kill()
-            except OSError:
-                pass
+            _sigkill(w.proc)
             w.proc.join(1.0)
         code = w.proc.exitcode
         culprit = int(self._running[w.slot]) - 1  # the task it was inside, -1: between tasks
@@ -979,27 +575,19 @@ class ProcessGrid:
         inflight = list(w.inflight)
         w.inflight.clear()
         requeue = []
-        for seq in inflight:
-            t = self._tasks.get(seq)
-            if t is None:
-                continue
-            self._unassign(t)
-            if t.discard:  # abandoned by its receive: nothing to report
+        for t in self._take_back(inflight):
+            if t.seq in self._done:  # already answered (timed out)
                 self._release_seg(t)
-                self._forget(seq)
-            elif seq in self._done:  # already answered (timed out)
+            elif t.seq == culprit and reason is None:
                 self._release_seg(t)
-            elif seq == culprit and reason is None:
-                self._release_seg(t)
-                self._done[seq] = t.msg.error_reply(
+                self._done[t.seq] = t.msg.error_reply(
                     "node-lost",
                     f"node {t.node} was lost: the worker process running it (pid {w.pid}) died {how} while "
                     f"handling a {t.msg.kind!r} message; a replacement worker was started",
                 )
             else:
-                requeue.append(seq)
-        if requeue:
-            self._pending = deque(sorted([*requeue, *self._pending]))
+                requeue.append(t.seq)
+        self._requeue(requeue)
         slot = w.slot
         self._slots[slot] = None
         if w.failed:
@@ -1013,11 +601,8 @@ class ProcessGrid:
         if not self._res.closed:
             self._spawn(slot)
 
-    def _kill(self, w: _WorkerHandle, reason: str) -> None:
-        try:
-            w.proc.kill()
-        except OSError:
-            pass
+    def _kill(self, w: _WorkerHandle, reason: str | None) -> None:
+        _sigkill(w.proc)
         self._on_exit(w, reason)
 
     def _unassign(self, t: _Task) -> None:
@@ -1062,7 +647,7 @@ class ProcessGrid:
         for w in self._live():
             if not w.ready:
                 if now - w.started > self.start_timeout:
-                    self._kill(w, None)  # type: ignore[arg-type]
+                    self._kill(w, None)
                 continue
             if len(w.inflight) < 2:
                 continue
@@ -1094,18 +679,27 @@ class ProcessGrid:
         if later:
             self._cancel[w.slot] = w.dispatched  # it skips what it has not started
             w.inflight = deque(inflight[:k + 1])
-            requeue = []
-            for seq in later:
-                t = self._tasks.get(seq)
-                if t is None:
-                    continue
-                self._unassign(t)
-                if t.discard:
-                    self._release_seg(t)
-                    self._forget(seq)
-                else:
-                    requeue.append(seq)
-            self._pending = deque(sorted([*requeue, *self._pending]))
+            self._requeue([t.seq for t in self._take_back(later)])
+
+    def _take_back(self, seqs: Sequence[int]) -> list[_Task]:
+        """Take tasks off the worker they were given to; drop those their receive abandoned."""
+        kept = []
+        for seq in seqs:
+            t = self._tasks.get(seq)
+            if t is None:
+                continue
+            self._unassign(t)
+            if t.discard:  # abandoned by its receive: nothing to report
+                self._release_seg(t)
+                self._forget(seq)
+            else:
+                kept.append(t)
+        return kept
+
+    def _requeue(self, seqs: Sequence[int]) -> None:
+        """Put tasks back into the pending queue, in message order."""
+        if seqs:
+            self._pending = deque(sorted([*seqs, *self._pending]))
 
     def _settle_freed(self) -> None:
         freed = self._freed
@@ -1124,7 +718,7 @@ class ProcessGrid:
         alive = True
         while True:
             try:
-                chunk = os.read(w.res_fd, _READ)
+                chunk = os.read(w.res_fd, READ_SIZE)
             except BlockingIOError:
                 break
             except OSError:
@@ -1134,10 +728,10 @@ class ProcessGrid:
                 alive = False
                 break
             w.rbuf += chunk
-            if len(chunk) < _READ:
+            if len(chunk) < READ_SIZE:
                 break
         if w.rbuf:
-            for obj in _parse_frames(w.rbuf):
+            for obj in parse_frames(w.rbuf):
                 tag = obj[0]
                 if tag == "r":
                     self._on_reply(w, obj)
@@ -1197,9 +791,9 @@ class ProcessGrid:
             if arena is not None:
                 arena.retire()
             arena = w.arena = _Arena(name, size or None)
-        owner = np.ndarray((total,), np.uint8, buffer=arena.mm, offset=_CTRL + off)
+        owner = np.ndarray((total,), np.uint8, buffer=arena.mm, offset=RING_HEADER + off)
         arena.regions.append(_Region(owner, self._freed.append, arena, end))
-        return _new_arrays({k: np.ndarray(shape, dt, buffer=owner, offset=o) for k, dt, shape, o in layout})
+        return new_arrays(array_views(owner, layout))
 
     def _flush(self, w: _WorkerHandle) -> None:
         if not w.alive:
@@ -1224,7 +818,7 @@ class ProcessGrid:
         pending = self._pending
         if not pending:
             return
-        live = [w for w in self._slots if w is not None and w.alive]
+        live = self._live()
         if len(live) > 1 and any(w.stuck is not None for w in live):
             live = [w for w in live if w.stuck is None] or live
         if not live:
@@ -1277,7 +871,7 @@ class ProcessGrid:
                 w.inflight.append(t.seq)
             if not batch:
                 return
-            w.outbox += _frame(("t", batch))
+            w.outbox += frame(("t", batch))
             self._flush(w)
 
     def _expire(self, seqs: Sequence[int], waited: float) -> None:
