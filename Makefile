@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo test lint install install-dev bench clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ demo: install
 
 test: install-dev
 	$(PY) -m pytest -q
+
+lint: install-dev
+	$(VENV)/bin/ruff check src tests benchmarks examples
 
 bench: install-dev
 	$(PY) benchmarks/sim_overhead.py --nodes 1000 --params 1e4 --rounds 5 --backend process

@@ -138,38 +138,50 @@ def main() -> None:
 
     def server(ctx):
         return Rounds(
-            strategy=FedAvg(fraction_train=sample / a.nodes, min_train_nodes=sample, fraction_evaluate=0, min_evaluate_nodes=0),
+            strategy=FedAvg(
+                fraction_train=sample / a.nodes, min_train_nodes=sample, fraction_evaluate=0, min_evaluate_nodes=0
+            ),
             initial_arrays=model(params),
         )
 
     timer = Timer()
     with PeakRSS() as rss:
         history = run_simulation(
-            ServerApp(server), app, num_nodes=a.nodes, num_rounds=a.rounds, backend=a.backend, seed=0,
-            observer=timer, workers=workers,
+            ServerApp(server),
+            app,
+            num_nodes=a.nodes,
+            num_rounds=a.rounds,
+            backend=a.backend,
+            seed=0,
+            observer=timer,
+            workers=workers,
         )
     rounds = [timer.ends[r] - timer.starts[r] for r in sorted(timer.ends)]
     steady = rounds[1:] if len(rounds) > 1 else rounds  # the first round warms caches and workers
     floor = None if a.no_floor else measure_floor(params, sample, workers)
     med = statistics.median(steady)
-    print(json.dumps({
-        "framework": "corolla",
-        "backend": a.backend,
-        "nodes": a.nodes,
-        "sample": sample,
-        "params": params,
-        "rounds": a.rounds,
-        "workers": workers,
-        "round_s_median": round(med, 4),
-        "round_s_min": round(min(steady), 4),
-        "round_s_max": round(max(steady), 4),
-        "round_s_first": round(rounds[0], 4),
-        "floor_s": None if floor is None else round(floor, 4),
-        "ratio_to_floor": None if floor is None else round(med / floor, 3),
-        "startup_s": round(timer.first_round_started - T_PROCESS_START, 3),
-        "peak_rss_mib": round(rss.peak / 2**20, 1),
-        "arrays_sha256": history.arrays_sha256,
-    }))
+    print(
+        json.dumps(
+            {
+                "framework": "corolla",
+                "backend": a.backend,
+                "nodes": a.nodes,
+                "sample": sample,
+                "params": params,
+                "rounds": a.rounds,
+                "workers": workers,
+                "round_s_median": round(med, 4),
+                "round_s_min": round(min(steady), 4),
+                "round_s_max": round(max(steady), 4),
+                "round_s_first": round(rounds[0], 4),
+                "floor_s": None if floor is None else round(floor, 4),
+                "ratio_to_floor": None if floor is None else round(med / floor, 3),
+                "startup_s": round(timer.first_round_started - T_PROCESS_START, 3),
+                "peak_rss_mib": round(rss.peak / 2**20, 1),
+                "arrays_sha256": history.arrays_sha256,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

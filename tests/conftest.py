@@ -20,7 +20,7 @@ def noise_app(fail_nodes=(), fail_round=None, bad_shape_nodes=()) -> ClientApp:
         rng = ctx.rng()
         out = Arrays()
         for k, v in msg.content.arrays.items():
-            out[k] = (v + rng.standard_normal(v.shape).astype(v.dtype) * 0.1)
+            out[k] = v + rng.standard_normal(v.shape).astype(v.dtype) * 0.1
         if ctx.node_id in bad_shape_nodes:
             out["w"] = np.zeros((3,), np.float32)
         ctx.state["count"] = ctx.state.get("count", 0) + 1
@@ -40,8 +40,11 @@ def initial_arrays() -> Arrays:
 
 def simple_server(min_nodes=2, **kw) -> ServerApp:
     def fn(ctx):
-        return Rounds(strategy=FedAvg(min_train_nodes=min_nodes, min_evaluate_nodes=min(min_nodes, 2)),
-                      initial_arrays=initial_arrays(), **kw)
+        return Rounds(
+            strategy=FedAvg(min_train_nodes=min_nodes, min_evaluate_nodes=min(min_nodes, 2)),
+            initial_arrays=initial_arrays(),
+            **kw,
+        )
 
     return ServerApp(fn)
 

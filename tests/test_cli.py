@@ -69,7 +69,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     store = tmp_path / "killed"
     proc = subprocess.Popen(
         [*CLI, "run", str(TINY), "--store", str(store), "--rounds", str(rounds), "--quiet", "-c", "sleep=0.15"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 60

@@ -63,8 +63,12 @@ def test_render_fills_every_placeholder(template, tmp_path):
     project = render(template, tmp_path / "my-proj", "My.Proj-1")
     files = sorted(p.relative_to(project).as_posix() for p in project.rglob("*") if p.is_file())
     assert files == [
-        "README.md", "my_proj_1/__init__.py", "my_proj_1/client.py", "my_proj_1/server.py",
-        "my_proj_1/task.py", "pyproject.toml",
+        "README.md",
+        "my_proj_1/__init__.py",
+        "my_proj_1/client.py",
+        "my_proj_1/server.py",
+        "my_proj_1/task.py",
+        "pyproject.toml",
     ]
     for f in files:
         assert "{{" not in (project / f).read_text(), f

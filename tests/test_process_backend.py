@@ -54,12 +54,14 @@ def _evaluate(msg, ctx):
 
 def _arrays(p: int = 1000) -> Arrays:
     rng = np.random.default_rng(0)
-    return Arrays({
-        "w": rng.standard_normal((p // 10, 10)).astype(np.float32),
-        "b": rng.standard_normal(7).astype(np.float64),
-        "n": np.arange(5, dtype=np.int64),
-        "s": np.float32(3.5) * np.ones((), np.float32),
-    })
+    return Arrays(
+        {
+            "w": rng.standard_normal((p // 10, 10)).astype(np.float32),
+            "b": rng.standard_normal(7).astype(np.float64),
+            "n": np.arange(5, dtype=np.int64),
+            "s": np.float32(3.5) * np.ones((), np.float32),
+        }
+    )
 
 
 def _msgs(nodes, arrays, rnd=1, config=None, kind="train"):
@@ -83,7 +85,12 @@ def grid(fed):
 
 
 def _copy(reply: Message):
-    return reply.metadata.src, reply.error, {k: np.array(v) for k, v in reply.content.arrays.items()}, dict(reply.content.metrics)
+    return (
+        reply.metadata.src,
+        reply.error,
+        {k: np.array(v) for k, v in reply.content.arrays.items()},
+        dict(reply.content.metrics),
+    )
 
 
 def test_replies_match_inline_bit_for_bit_and_in_order(grid, fed):
@@ -235,7 +242,9 @@ def test_kept_replies_stay_valid(grid):
 def test_unshared_arrays_and_abandoned_receive(grid):
     big = Arrays({"x": np.arange(100_000, dtype=np.float32)})  # large, one message: shared memory
     small = [Arrays({"x": np.full(3, i, np.float32)}) for i in range(4)]  # small: pickled
-    msgs = [Message.create("train", 0, arrays=big)] + [Message.create("train", i + 1, arrays=a) for i, a in enumerate(small)]
+    msgs = [Message.create("train", 0, arrays=big)] + [
+        Message.create("train", i + 1, arrays=a) for i, a in enumerate(small)
+    ]
     replies = list(grid.receive(grid.send(msgs), 30))
     assert all(r.ok for r in replies)
     assert np.allclose(replies[0].content.arrays["x"], big["x"], atol=0.1)

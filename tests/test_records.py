@@ -62,6 +62,7 @@ def test_keras_like_adapter():
             class V:
                 def __init__(self, p):
                     self.path = p
+
             return [V("dense/kernel"), V("dense/bias")]
 
         def get_weights(self):

@@ -49,13 +49,15 @@ def assert_same(a, b, path="<root>"):
 def rich_state() -> dict:
     rng = np.random.default_rng(0)
     return {
-        "params": Arrays({
-            "z.last": rng.normal(size=(3, 4)).astype(np.float32),
-            "a/first": np.arange(5, dtype=np.int64),  # '/' inside a name
-            "conv:0": np.ones((2, 0, 3), np.float64),  # empty
-            "scale": np.array(-1.25, np.float64),  # 0-d
-            "keep": np.array([[True], [False]]),
-        }),
+        "params": Arrays(
+            {
+                "z.last": rng.normal(size=(3, 4)).astype(np.float32),
+                "a/first": np.arange(5, dtype=np.int64),  # '/' inside a name
+                "conv:0": np.ones((2, 0, 3), np.float64),  # empty
+                "scale": np.array(-1.25, np.float64),  # 0-d
+                "keep": np.array([[True], [False]]),
+            }
+        ),
         "nested": {"global": Arrays({"w": np.float16([1.5, -0.0, np.inf])})},
         "nodes": {3: {"count": 7, "mask": np.array([True, False, True])}, 11: {"count": 0}},
         "scalar0d": np.array(2.5, np.float32),
@@ -66,8 +68,16 @@ def rich_state() -> dict:
         "complex": np.array([1 + 2j, -3j], np.complex64),
         "nan_bits": np.array([np.nan, -np.nan, 1e-40], np.float32),
         "np_scalars": [np.float32(0.1), np.int64(-(2**62)), np.bool_(True), np.uint8(255)],
-        "py": {"int": 2**70, "float": 0.1, "negzero": -0.0, "nan": math.nan, "inf": -math.inf,
-               "bool": True, "str": "héllo/world", "none": None},
+        "py": {
+            "int": 2**70,
+            "float": 0.1,
+            "negzero": -0.0,
+            "nan": math.nan,
+            "inf": -math.inf,
+            "bool": True,
+            "str": "héllo/world",
+            "none": None,
+        },
         "lists": [1, 2.0, "x", None, [np.zeros(2, np.int8)]],
         "tuple": (1, np.arange(3, dtype=np.uint64), (True, False)),
         "empty_dict": {},
@@ -78,8 +88,11 @@ def rich_state() -> dict:
 def record(r: int, **server) -> dict:
     return {
         "round": r,
-        "metrics": {"train": {"loss": 1.0 / r, "note": "text"}, "evaluate": {"acc": 0.5 + r / 100},
-                    "server": dict(server)},
+        "metrics": {
+            "train": {"loss": 1.0 / r, "note": "text"},
+            "evaluate": {"acc": 0.5 + r / 100},
+            "server": dict(server),
+        },
         "seconds": 0.25 * r,
         "sampled": [0, 1, 2],
         "replied": [0, 2],
@@ -90,8 +103,9 @@ def record(r: int, **server) -> dict:
 
 
 def make_run(store: Store, run_id: str | None = None, **kw) -> str:
-    args = dict(project="demo", seed=7, num_rounds=10, num_nodes=3, backend="inline",
-                config={"lr": 0.1, "layers": [32, 16]})
+    args = dict(
+        project="demo", seed=7, num_rounds=10, num_nodes=3, backend="inline", config={"lr": 0.1, "layers": [32, 16]}
+    )
     args.update(kw)
     return store.create_run(run_id=run_id, **args)
 
@@ -154,7 +168,13 @@ def test_create_get_and_list_runs(store):
     info = store.get_run(first)
     assert isinstance(info, RunInfo)
     assert (info.project, info.status, info.seed, info.num_rounds, info.num_nodes, info.backend) == (
-        "demo", "running", 7, 10, 3, "inline")
+        "demo",
+        "running",
+        7,
+        10,
+        3,
+        "inline",
+    )
     assert info.config == {"lr": 0.1, "layers": [32, 16]}
     assert info.error is None and info.rounds_completed == 0
     assert [r.run_id for r in store.list_runs()] == [second, first]
@@ -216,14 +236,15 @@ def test_events(store):
     store.add_event(rid, "warning", "node 2 slow")
     ev = store.events(rid)
     assert [(e["kind"], e["text"], e["round"]) for e in ev] == [
-        ("resume", "resumed from round 3", 3), ("warning", "node 2 slow", None)]
+        ("resume", "resumed from round 3", 3),
+        ("warning", "node 2 slow", None),
+    ]
     assert ev[0]["id"] < ev[1]["id"] and ev[0]["time"] <= ev[1]["time"]
 
 
 def test_store_is_usable_from_threads(store):
     rid = make_run(store)
-    threads = [threading.Thread(target=lambda: [store.add_event(rid, "t", "x") for _ in range(25)])
-               for _ in range(4)]
+    threads = [threading.Thread(target=lambda: [store.add_event(rid, "t", "x") for _ in range(25)]) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
@@ -260,8 +281,16 @@ def test_recommitting_a_round_replaces_it(store):
 def test_round_records_round_trip_through_workflow_records(store):
     from corolla.workflows.history import Failure, RoundRecord
 
-    rec = RoundRecord(round=1, train={"loss": 0.5}, evaluate={"acc": 0.9}, server={"lr": 0.01},
-                      seconds=1.5, sampled=[0, 1], replied=[1], failures=[Failure(0, "train", "x")])
+    rec = RoundRecord(
+        round=1,
+        train={"loss": 0.5},
+        evaluate={"acc": 0.9},
+        server={"lr": 0.01},
+        seconds=1.5,
+        sampled=[0, 1],
+        replied=[1],
+        failures=[Failure(0, "train", "x")],
+    )
     rid = make_run(store)
     store.commit_round(rid, rec.to_dict())
     assert RoundRecord.from_dict(store.rounds(rid)[0]) == rec
@@ -387,8 +416,9 @@ def test_sigkill_during_commits_leaves_a_consistent_store(tmp_path):
         rid = make_run(s)
     last = 0
     for delay in (0.0, 0.03, 0.11):
-        child = subprocess.Popen([sys.executable, str(script), str(root), rid],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [sys.executable, str(script), str(root), rid], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         line = child.stdout.readline()
         assert line == "ready\n", child.stderr.read()
         time.sleep(delay)

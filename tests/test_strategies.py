@@ -2,7 +2,17 @@ import numpy as np
 import pytest
 
 from corolla import Arrays
-from corolla.strategies import FedAvg, InvalidReply, Mean, RoundCtx, SGD, Strategy, StrategyError, Uniform, WeightCap
+from corolla.strategies import (
+    SGD,
+    FedAvg,
+    InvalidReply,
+    Mean,
+    RoundCtx,
+    Strategy,
+    StrategyError,
+    Uniform,
+    WeightCap,
+)
 
 
 def ctx(r=1, seed=0, n=10):

@@ -5,11 +5,10 @@ import logging
 import numpy as np
 import pytest
 
-from corolla import Arrays, ClientApp, FedAvg, Rounds, ServerApp, run_simulation
+from conftest import initial_arrays, noise_app, simple_server
+from corolla import ClientApp, FedAvg, Rounds, ServerApp, run_simulation
 from corolla.strategies import StrategyError
 from corolla.workflows import RoundFailed
-
-from conftest import initial_arrays, noise_app, simple_server
 
 
 def run(app, server=None, nodes=5, rounds=3, **kw):
@@ -89,7 +88,12 @@ def test_node_state_persists_across_rounds():
         ctx.state["n"] = ctx.state.get("n", 0) + 1
         return msg.reply(arrays=msg.content.arrays, metrics={"num-examples": 1, "n": ctx.state["n"]})
 
-    h = run(app, server=ServerApp(lambda c: Rounds(FedAvg(fraction_evaluate=0, min_evaluate_nodes=0), initial_arrays())), nodes=2, rounds=3)
+    h = run(
+        app,
+        server=ServerApp(lambda c: Rounds(FedAvg(fraction_evaluate=0, min_evaluate_nodes=0), initial_arrays())),
+        nodes=2,
+        rounds=3,
+    )
     assert [r.train["n"] for r in h.rounds] == [1, 2, 3]
 
 
@@ -104,8 +108,10 @@ def test_centralized_evaluate_and_config_fn():
 
     def server(ctx):
         return Rounds(
-            strategy=FedAvg(fraction_evaluate=0, min_evaluate_nodes=0), initial_arrays=initial_arrays(),
-            evaluate_fn=lambda rnd, arrays: (float(rnd), {"acc": 1.0}), train_config=lambda rnd: {"lr": 0.1 * rnd},
+            strategy=FedAvg(fraction_evaluate=0, min_evaluate_nodes=0),
+            initial_arrays=initial_arrays(),
+            evaluate_fn=lambda rnd, arrays: (float(rnd), {"acc": 1.0}),
+            train_config=lambda rnd: {"lr": 0.1 * rnd},
         )
 
     h = run(app, server=ServerApp(server), nodes=2, rounds=2)
@@ -124,7 +130,11 @@ def test_slow_node_times_out_inline():
         time.sleep(0.3)
         return msg.reply(arrays=msg.content.arrays, metrics={"num-examples": 1})
 
-    server = ServerApp(lambda c: Rounds(FedAvg(min_train_nodes=3, fraction_evaluate=0, min_evaluate_nodes=0), initial_arrays(), round_timeout=0.5))
+    server = ServerApp(
+        lambda c: Rounds(
+            FedAvg(min_train_nodes=3, fraction_evaluate=0, min_evaluate_nodes=0), initial_arrays(), round_timeout=0.5
+        )
+    )
     h = run(app, server=server, nodes=3, rounds=1)
     assert len(h.rounds[0].replied) == 2
     assert h.rounds[0].failures[0].error.startswith("timeout")

@@ -3,13 +3,27 @@
 from .client import Client, ClientApp, Context
 from .message import Message
 from .records import Arrays, Config, Metrics
+from .simulation import run_project, run_simulation
 from .strategies import FedAvg, Strategy
 from .workflows import History, Rounds, ServerApp, ServerContext
-from .simulation import run_project, run_simulation
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Arrays", "Client", "ClientApp", "Config", "Context", "FedAvg", "History", "Message", "Metrics",
-    "Rounds", "ServerApp", "ServerContext", "Strategy", "__version__", "run_project", "run_simulation",
+    "Arrays",
+    "Client",
+    "ClientApp",
+    "Config",
+    "Context",
+    "FedAvg",
+    "History",
+    "Message",
+    "Metrics",
+    "Rounds",
+    "ServerApp",
+    "ServerContext",
+    "Strategy",
+    "__version__",
+    "run_project",
+    "run_simulation",
 ]

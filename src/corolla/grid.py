@@ -49,9 +49,7 @@ def send_and_receive(grid: Grid, messages: Sequence[Message], timeout: float) ->
 
 
 def timeout_reply(msg: Message, waited: float) -> Message:
-    return msg.error_reply(
-        "timeout", f"node {msg.metadata.dst} sent no reply to {msg.kind!r} within {waited:.1f} s"
-    )
+    return msg.error_reply("timeout", f"node {msg.metadata.dst} sent no reply to {msg.kind!r} within {waited:.1f} s")
 
 
 def deadline_in(seconds: float) -> float:

@@ -82,8 +82,13 @@ class Message:
             kind=kind,
             content=Content(arrays if arrays is not None else Arrays(), dict(metrics or {}), dict(config or {})),
             metadata=Metadata(
-                run_id=run_id, round=round, src=SERVER_ID, dst=dst, message_id=new_message_id(),
-                deadline=deadline, created=time.time(),
+                run_id=run_id,
+                round=round,
+                src=SERVER_ID,
+                dst=dst,
+                message_id=new_message_id(),
+                deadline=deadline,
+                created=time.time(),
             ),
         )
 
@@ -109,9 +114,7 @@ class Message:
 
     def _reply_metadata(self) -> Metadata:
         m = self.metadata
-        return replace(
-            m, src=m.dst, dst=m.src, message_id=new_message_id(), reply_to=m.message_id, created=time.time()
-        )
+        return replace(m, src=m.dst, dst=m.src, message_id=new_message_id(), reply_to=m.message_id, created=time.time())
 
     def with_content(self, **changes: Any) -> "Message":
         return replace(self, content=replace(self.content, **changes))

@@ -1,14 +1,14 @@
 """A corolla project: a folder whose pyproject.toml has a ``[tool.corolla]`` table.
 
-    [tool.corolla]
-    server-app = "my_app.server:app"
-    client-app = "my_app.client:app"
-    seed = 0
-    [tool.corolla.config]        # run config defaults; `-c key=value` overrides
-    num-rounds = 3
-    [tool.corolla.simulation]
-    nodes = 10
-    backend = "process"
+[tool.corolla]
+server-app = "my_app.server:app"
+client-app = "my_app.client:app"
+seed = 0
+[tool.corolla.config]        # run config defaults; `-c key=value` overrides
+num-rounds = 3
+[tool.corolla.simulation]
+nodes = 10
+backend = "process"
 """
 
 from __future__ import annotations
@@ -53,12 +53,13 @@ class Project:
         tool = data.get("tool", {}).get("corolla")
         if tool is None:
             raise ProjectError(
-                f"{toml} has no [tool.corolla] table; add one with server-app and client-app "
-                f"(see `corolla new --help`)"
+                f"{toml} has no [tool.corolla] table; add one with server-app and client-app (see `corolla new --help`)"
             )
         missing = [k for k in ("server-app", "client-app") if k not in tool]
         if missing:
-            raise ProjectError(f"[tool.corolla] in {toml} lacks {', '.join(missing)} (e.g. client-app = \"pkg.client:app\")")
+            raise ProjectError(
+                f'[tool.corolla] in {toml} lacks {", ".join(missing)} (e.g. client-app = "pkg.client:app")'
+            )
         return cls(
             path=toml.parent,
             name=data.get("project", {}).get("name", toml.parent.name),

@@ -22,8 +22,20 @@ Config = dict[str, ConfigValue]
 ALLOWED_DTYPES = frozenset(
     np.dtype(d).str
     for d in (
-        "float16", "float32", "float64", "int8", "int16", "int32", "int64",
-        "uint8", "uint16", "uint32", "uint64", "bool", "complex64", "complex128",
+        "float16",
+        "float32",
+        "float64",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "bool",
+        "complex64",
+        "complex128",
     )
 )
 
@@ -73,8 +85,7 @@ class Arrays(MutableMapping[str, np.ndarray]):
         if not isinstance(other, Mapping):
             return NotImplemented
         return list(self.keys()) == list(other.keys()) and all(
-            np.array_equal(self[k], other[k]) and self[k].dtype == np.asarray(other[k]).dtype
-            for k in self
+            np.array_equal(self[k], other[k]) and self[k].dtype == np.asarray(other[k]).dtype for k in self
         )
 
     # -- properties -----------------------------------------------------------
@@ -129,8 +140,9 @@ class Arrays(MutableMapping[str, np.ndarray]):
 
     def to_torch(self) -> "dict[str, Any]":
         """To a torch ``state_dict`` (an ordered dict of tensors sharing memory with the arrays)."""
-        import torch
         from collections import OrderedDict
+
+        import torch
 
         out = OrderedDict()
         for k, v in self._d.items():

@@ -46,8 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def cmd(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, epilog=EXAMPLES[name],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        return sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
 
     new = cmd("new", "create a project from a bundled template (works offline)")
     new.add_argument("name", help="project folder to create (also the project name)")
@@ -57,12 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("path", nargs="?", default=".", help="project folder (default: .)")
     run.add_argument("--nodes", type=int, help="number of virtual nodes (default: [tool.corolla.simulation] nodes)")
     run.add_argument("--rounds", type=int, help="number of rounds (default: config num-rounds)")
-    run.add_argument("--backend", choices=["process", "inline"], help="process (parallel, default) or inline (sequential)")
+    run.add_argument(
+        "--backend", choices=["process", "inline"], help="process (parallel, default) or inline (sequential)"
+    )
     run.add_argument("--seed", type=int, help="run seed (default: [tool.corolla] seed)")
-    run.add_argument("-c", "--config", action="append", default=[], metavar="KEY=VALUE",
-                     help="override run config (repeatable; also 'a=1,b=2')")
+    run.add_argument(
+        "-c",
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override run config (repeatable; also 'a=1,b=2')",
+    )
     run.add_argument("--resume", metavar="RUN_ID", help="continue a stored run from its last checkpoint")
-    run.add_argument("--json", metavar="FILE", help="write a JSON summary (run_id, rounds, final_metrics, arrays_sha256)")
+    run.add_argument(
+        "--json", metavar="FILE", help="write a JSON summary (run_id, rounds, final_metrics, arrays_sha256)"
+    )
     run.add_argument("--store", metavar="DIR", help="store folder (default: PATH/.corolla)")
     run.add_argument("--quiet", action="store_true", help="no live display or summary (for scripts)")
 
@@ -103,7 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..workflows.rounds import RoundFailed
 
     try:
-        return {"new": cmd_new, "run": cmd_run, "runs": cmd_runs, "show": cmd_show, "plot": cmd_plot}[args.command](args)
+        return {"new": cmd_new, "run": cmd_run, "runs": cmd_runs, "show": cmd_show, "plot": cmd_plot}[args.command](
+            args
+        )
     except (ProjectError, StoreError, StrategyError, ValueError, TypeError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -135,8 +152,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = parse_config_overrides(args.config)
     observer = NullObserver() if args.quiet else LiveProgress()
     kwargs = dict(
-        num_nodes=args.nodes, num_rounds=args.rounds, backend=args.backend, seed=args.seed, config=overrides,
-        store=args.store, resume=args.resume, observer=observer,
+        num_nodes=args.nodes,
+        num_rounds=args.rounds,
+        backend=args.backend,
+        seed=args.seed,
+        config=overrides,
+        store=args.store,
+        resume=args.resume,
+        observer=observer,
     )
     if isinstance(observer, LiveProgress):
         with observer:
@@ -148,7 +171,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     if not args.quiet:
         final = summary["final_metrics"]
-        shown = {g: {k: round(v, 4) for k, v in m.items() if k not in ("num-updates", "weight-sum", "server-lr")} for g, m in final.items()}
+        shown = {
+            g: {k: round(v, 4) for k, v in m.items() if k not in ("num-updates", "weight-sum", "server-lr")}
+            for g, m in final.items()
+        }
         done = sum(1 for r in history.rounds if r.round > 0)
         print(f"run {history.run_id} completed {done} rounds")
         for g, m in shown.items():
@@ -177,19 +203,40 @@ def cmd_runs(args: argparse.Namespace) -> int:
     with _open_store(args) as st:
         runs = st.list_runs()
     if args.json:
-        print(json.dumps([
-            {"run_id": r.run_id, "status": r.status, "rounds_completed": r.rounds_completed, "num_rounds": r.num_rounds,
-             "num_nodes": r.num_nodes, "backend": r.backend, "seed": r.seed, "project": r.project,
-             "created": r.created, "error": r.error}
-            for r in runs
-        ], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "run_id": r.run_id,
+                        "status": r.status,
+                        "rounds_completed": r.rounds_completed,
+                        "num_rounds": r.num_rounds,
+                        "num_nodes": r.num_nodes,
+                        "backend": r.backend,
+                        "seed": r.seed,
+                        "project": r.project,
+                        "created": r.created,
+                        "error": r.error,
+                    }
+                    for r in runs
+                ],
+                indent=2,
+            )
+        )
         return 0
     t = Table(title=f"runs in {_store_dir(args)}")
     for col in ("run id", "status", "rounds", "nodes", "backend", "seed", "project"):
         t.add_column(col)
     for r in runs:
-        t.add_row(r.run_id, r.status, f"{r.rounds_completed}/{r.num_rounds}", str(r.num_nodes), r.backend, str(r.seed),
-                  Path(r.project).name if r.project else "")
+        t.add_row(
+            r.run_id,
+            r.status,
+            f"{r.rounds_completed}/{r.num_rounds}",
+            str(r.num_nodes),
+            r.backend,
+            str(r.seed),
+            Path(r.project).name if r.project else "",
+        )
     _console(120).print(t)
     return 0
 
@@ -199,7 +246,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         info = st.get_run(args.run_id)
         rounds = st.rounds(info.run_id)
     if args.json:
-        print(json.dumps({"run_id": info.run_id, "status": info.status, "error": info.error, "rounds": rounds}, indent=2))
+        print(
+            json.dumps({"run_id": info.run_id, "status": info.status, "error": info.error, "rounds": rounds}, indent=2)
+        )
         return 0
     cols: list[tuple[str, str]] = []
     for r in rounds:
@@ -216,8 +265,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     t.add_column("seconds")
     for r in rounds:
         m = r["metrics"]
-        t.add_row(str(r["round"]), *[f"{m[g][k]:.4g}" if k in m[g] else "" for g, k in cols],
-                  f"{len(r['replied'])}/{len(r['sampled'])}", str(len(r["failures"])), f"{r['seconds']:.2f}")
+        t.add_row(
+            str(r["round"]),
+            *[f"{m[g][k]:.4g}" if k in m[g] else "" for g, k in cols],
+            f"{len(r['replied'])}/{len(r['sampled'])}",
+            str(len(r["failures"])),
+            f"{r['seconds']:.2f}",
+        )
     _console(sum(len(f"{g}.{k}") + 3 for g, k in cols) + 40).print(t)
     return 0
 

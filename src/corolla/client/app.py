@@ -79,7 +79,8 @@ class ClientApp:
             known = ", ".join(sorted(self._handlers)) or "none"
             raise ClientAppError(
                 f"this ClientApp has no handler for message kind {message.kind!r} (it handles: {known}); "
-                f"register one with @app.{message.kind}" if message.kind in (TRAIN, EVALUATE, QUERY)
+                f"register one with @app.{message.kind}"
+                if message.kind in (TRAIN, EVALUATE, QUERY)
                 else f"this ClientApp has no handler for message kind {message.kind!r} (it handles: {known}); "
                 f"register one with @app.handler({message.kind!r})"
             )
@@ -103,7 +104,9 @@ class ClientApp:
             arrays, n, metrics = out
             if not isinstance(arrays, Arrays):
                 arrays = Arrays.from_numpy(list(arrays), list(msg.content.arrays.keys()))
-            return msg.reply(arrays=arrays, metrics={**check_metrics(metrics or {}, "Client.fit"), NUM_EXAMPLES: int(n)})
+            return msg.reply(
+                arrays=arrays, metrics={**check_metrics(metrics or {}, "Client.fit"), NUM_EXAMPLES: int(n)}
+            )
 
         @app.evaluate
         def _evaluate(msg: Message, ctx: Context) -> Message:

@@ -26,8 +26,7 @@ def _check_num_partitions(n: int, num_partitions: int) -> None:
         raise ValueError(f"num_partitions must be a positive integer, got {num_partitions!r}")
     if num_partitions > n:
         raise ValueError(
-            f"cannot split {n} examples into {num_partitions} non-empty partitions; "
-            f"use at most {n} partitions"
+            f"cannot split {n} examples into {num_partitions} non-empty partitions; use at most {n} partitions"
         )
 
 

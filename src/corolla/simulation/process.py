@@ -78,8 +78,19 @@ from ..records import Arrays
 from . import shm
 from .federation import Federation, NodeStates
 from .wire import (
-    FLUSH_SIGNAL, READ_SIZE, RING_HEADER, array_layout, array_views, control_block, frame, inline_ref, new_arrays,
-    parse_frames, ring_consumed, slot_views, write_arrays,
+    FLUSH_SIGNAL,
+    READ_SIZE,
+    RING_HEADER,
+    array_layout,
+    array_views,
+    control_block,
+    frame,
+    inline_ref,
+    new_arrays,
+    parse_frames,
+    ring_consumed,
+    slot_views,
+    write_arrays,
 )
 from .worker import worker_main
 
@@ -165,9 +176,28 @@ class _Region(weakref.ref):
 
 
 class _WorkerHandle:
-    __slots__ = ("slot", "uid", "proc", "pid", "task_fd", "res_fd", "outbox", "rbuf", "inflight",
-                 "ready", "failed", "started", "alive", "arena", "prefix", "writing", "flushed", "dispatched",
-                 "stuck", "asked")
+    __slots__ = (
+        "slot",
+        "uid",
+        "proc",
+        "pid",
+        "task_fd",
+        "res_fd",
+        "outbox",
+        "rbuf",
+        "inflight",
+        "ready",
+        "failed",
+        "started",
+        "alive",
+        "arena",
+        "prefix",
+        "writing",
+        "flushed",
+        "dispatched",
+        "stuck",
+        "asked",
+    )
 
     def __init__(self, slot: int, uid: int, proc: Any, task_fd: int, res_fd: int, prefix: str):
         self.slot, self.uid, self.proc, self.pid = slot, uid, proc, proc.pid
@@ -284,7 +314,9 @@ class ProcessGrid:
         start_timeout: float = 60.0,
     ):
         if not (isinstance(app_loader, ClientApp) or callable(app_loader)):
-            raise TypeError(f"app_loader must be a ClientApp or a function returning one, got {type(app_loader).__name__}")
+            raise TypeError(
+                f"app_loader must be a ClientApp or a function returning one, got {type(app_loader).__name__}"
+            )
         if workers is None:
             try:
                 workers = len(os.sched_getaffinity(0))
@@ -350,8 +382,10 @@ class ProcessGrid:
         groups: dict[int, list[Message]] = {}
         for m in messages:
             groups.setdefault(id(m.content.arrays), []).append(m)
-        layouts = {key: array_layout(msgs[0].content.arrays) if msgs[0].content.arrays else None
-                   for key, msgs in groups.items()}  # validates every dtype before anything is made
+        layouts = {
+            key: array_layout(msgs[0].content.arrays) if msgs[0].content.arrays else None
+            for key, msgs in groups.items()
+        }  # validates every dtype before anything is made
         refs: dict[int, tuple[Any, str | None, int]] = {}
         made: list[str] = []
         try:
@@ -506,10 +540,19 @@ class ProcessGrid:
         try:
             proc = self._ctx.Process(
                 target=worker_main,
-                args=(self.app_loader, self.federation, task_r, res_w, wprefix, os.getpid(), sorted(_PARENT_FDS),
-                      self._ctl, slot,
-                      # the death signal fires when the forking *thread* ends: only the main one is safe
-                      threading.current_thread() is threading.main_thread()),
+                args=(
+                    self.app_loader,
+                    self.federation,
+                    task_r,
+                    res_w,
+                    wprefix,
+                    os.getpid(),
+                    sorted(_PARENT_FDS),
+                    self._ctl,
+                    slot,
+                    # the death signal fires when the forking *thread* ends: only the main one is safe
+                    threading.current_thread() is threading.main_thread(),
+                ),
                 name=f"corolla-worker-{slot}",
             )
             proc.start()
@@ -675,10 +718,10 @@ class ProcessGrid:
         w.stuck = cur
         inflight = list(w.inflight)
         k = inflight.index(cur)
-        later = inflight[k + 1:]
+        later = inflight[k + 1 :]
         if later:
             self._cancel[w.slot] = w.dispatched  # it skips what it has not started
-            w.inflight = deque(inflight[:k + 1])
+            w.inflight = deque(inflight[: k + 1])
             self._requeue([t.seq for t in self._take_back(later)])
 
     def _take_back(self, seqs: Sequence[int]) -> list[_Task]:
@@ -762,7 +805,10 @@ class ProcessGrid:
         except Exception as e:  # noqa: BLE001 - should not happen; never let it stop the round
             arrays = Arrays()
             if err is None:
-                err = ("node-lost", f"node {md.get('src')}: its reply's arrays could not be mapped: {type(e).__name__}: {e}")
+                err = (
+                    "node-lost",
+                    f"node {md.get('src')}: its reply's arrays could not be mapped: {type(e).__name__}: {e}",
+                )
         t = self._tasks.get(seq)
         if t is None or t.worker is not w:
             return  # a task that was settled otherwise (timed out, requeued)
@@ -778,7 +824,9 @@ class ProcessGrid:
             error = None
         else:
             error = Error(*err)
-        self._done[seq] = Message(kind=kind, content=Content(arrays, metrics, config), metadata=Metadata(**md), error=error)
+        self._done[seq] = Message(
+            kind=kind, content=Content(arrays, metrics, config), metadata=Metadata(**md), error=error
+        )
 
     def _reply_arrays(self, w: _WorkerHandle, rref: Any) -> Arrays:
         if rref is None:
@@ -865,8 +913,18 @@ class ProcessGrid:
                 t.worker = w
                 busy[t.node] = 1
                 m = t.msg
-                batch.append((t.seq, m.kind, vars(m.metadata), m.content.metrics, m.content.config, t.aref,
-                              get_state(t.node), w.dispatched))
+                batch.append(
+                    (
+                        t.seq,
+                        m.kind,
+                        vars(m.metadata),
+                        m.content.metrics,
+                        m.content.config,
+                        t.aref,
+                        get_state(t.node),
+                        w.dispatched,
+                    )
+                )
                 w.dispatched += 1
                 w.inflight.append(t.seq)
             if not batch:

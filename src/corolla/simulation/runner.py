@@ -31,7 +31,9 @@ log = logging.getLogger("corolla")
 BACKENDS = ("process", "inline")
 
 
-def make_grid(backend: str, app: ClientApp, federation: Federation, states: NodeStates, workers: int | None = None) -> Grid:
+def make_grid(
+    backend: str, app: ClientApp, federation: Federation, states: NodeStates, workers: int | None = None
+) -> Grid:
     if backend == "inline":
         return InlineGrid(app, federation, states)
     if backend == "process":
@@ -55,7 +57,9 @@ class _StoreObserver:
 
     def round_finished(self, record: RoundRecord, state: dict[str, Any]) -> None:
         for f in record.failures:
-            self.store.add_event(self.run_id, "node-failure", f"node {f.node} ({f.kind}): {f.error}", round=record.round)
+            self.store.add_event(
+                self.run_id, "node-failure", f"node {f.node} ({f.kind}): {f.error}", round=record.round
+            )
         checkpoint = {"strategy": state, "nodes": self.states.snapshot()}
         self.store.commit_round(self.run_id, record.to_dict(), checkpoint)
         self.inner.round_finished(record, state)
@@ -107,15 +111,25 @@ def run_simulation(
         seed = 0 if seed is None else seed
         if st is not None:
             run_id = st.create_run(
-                project=project, seed=seed, num_rounds=int(config.get("num-rounds", 3)), num_nodes=num_nodes,
-                backend=backend, config=config,
+                project=project,
+                seed=seed,
+                num_rounds=int(config.get("num-rounds", 3)),
+                num_nodes=num_nodes,
+                backend=backend,
+                config=config,
             )
         else:
             run_id = time.strftime("sim-%Y%m%d-%H%M%S", time.gmtime())
     num_rounds_final = int(config.get("num-rounds", 3))
-    federation = Federation(num_nodes=num_nodes, run_id=run_id, seed=seed, run_config=config, node_config=dict(node_config or {}))
+    federation = Federation(
+        num_nodes=num_nodes, run_id=run_id, seed=seed, run_config=config, node_config=dict(node_config or {})
+    )
     ctx = ServerContext(
-        run_id=run_id, seed=seed, num_rounds=num_rounds_final, run_config=config, resume_from=resume_from,
+        run_id=run_id,
+        seed=seed,
+        num_rounds=num_rounds_final,
+        run_config=config,
+        resume_from=resume_from,
         observer=_StoreObserver(st, run_id, states, observer) if st is not None else observer,
     )
     log_handler = _attach_run_log(st, run_id)

@@ -26,6 +26,8 @@ import errno
 import mmap
 import os
 
+from ..pids import pid_alive
+
 try:  # the module SharedMemory itself uses (CPython, POSIX)
     import _posixshmem
 except ImportError:  # pragma: no cover - other platforms
@@ -121,16 +123,6 @@ def names(prefix: str) -> list[str]:
         return []
 
 
-def owner_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def pid_namespace() -> int:
     """This process's pid namespace (an inode number; 0 if unknown)."""
     try:
@@ -150,13 +142,13 @@ def sweep_orphans(tag: str) -> list[str]:
         return []
     gone = []
     for n in names(tag):
-        head = n[len(tag):].split("_", 1)[0]
+        head = n[len(tag) :].split("_", 1)[0]
         pid_s, _, ns_s = head.partition("n")
         try:
             pid, their_ns = int(pid_s, 16), int(ns_s, 16)
         except ValueError:
             continue
-        if their_ns == ns and pid != os.getpid() and not owner_alive(pid) and unlink(n):
+        if their_ns == ns and pid != os.getpid() and not pid_alive(pid) and unlink(n):
             gone.append(n)
     return gone
 

@@ -61,10 +61,10 @@ def parse_frames(buf: bytearray) -> list[Any]:
     mv = memoryview(buf)
     try:
         while end - pos >= _HDR:
-            n = int.from_bytes(mv[pos:pos + _HDR], "little")
+            n = int.from_bytes(mv[pos : pos + _HDR], "little")
             if end - pos - _HDR < n:
                 break
-            out.append(pickle.loads(mv[pos + _HDR:pos + _HDR + n]))
+            out.append(pickle.loads(mv[pos + _HDR : pos + _HDR + n]))
             pos += _HDR + n
     finally:
         mv.release()
@@ -124,7 +124,7 @@ def write_arrays(mm: Any, base: int, layout: Layout, values: Sequence[np.ndarray
             continue
         start = base + off
         if a.flags.c_contiguous:
-            mm[start:start + nb] = a  # one memcpy
+            mm[start : start + nb] = a  # one memcpy
         else:
             dst = np.ndarray(shape, dt, buffer=mm, offset=start)
             np.copyto(dst, a, casting="no")
@@ -138,7 +138,7 @@ def array_views(buf: Any, layout: Layout, base: int = 0) -> dict[str, np.ndarray
 
 def inline_ref(layout: Layout, values: Sequence[np.ndarray]) -> tuple[str, list[tuple[str, np.ndarray]]]:
     """The reference that carries the arrays themselves (pickled with the frame)."""
-    return ("i", [(l[0], v) for l, v in zip(layout, values)])
+    return ("i", [(entry[0], v) for entry, v in zip(layout, values)])
 
 
 def ring_consumed(mm: Any) -> np.ndarray:

@@ -42,8 +42,19 @@ from ..records import Arrays
 from . import shm
 from .federation import Federation, run_message
 from .wire import (
-    FLUSH_SIGNAL, READ_SIZE, RING_HEADER, align, array_layout, array_views, frame, inline_ref, new_arrays,
-    parse_frames, ring_consumed, slot_views, write_arrays,
+    FLUSH_SIGNAL,
+    READ_SIZE,
+    RING_HEADER,
+    align,
+    array_layout,
+    array_views,
+    frame,
+    inline_ref,
+    new_arrays,
+    parse_frames,
+    ring_consumed,
+    slot_views,
+    write_arrays,
 )
 
 #: a worker's first reply ring is at least this big (and at least 8 replies); a full ring is
@@ -82,8 +93,16 @@ class Ring:
 
 
 class Worker:
-    def __init__(self, app_src: ClientApp | Callable[[], ClientApp], federation: Federation,
-                 task_fd: int, res_fd: int, prefix: str, ctl: Any, slot: int):
+    def __init__(
+        self,
+        app_src: ClientApp | Callable[[], ClientApp],
+        federation: Federation,
+        task_fd: int,
+        res_fd: int,
+        prefix: str,
+        ctl: Any,
+        slot: int,
+    ):
         self.federation = federation
         # shared with the parent: which task this worker is inside, since when; what to skip
         self.running, self.started, self.cancel = slot_views(ctl, slot, 1)
@@ -214,14 +233,18 @@ class Worker:
         try:
             self.run_task(seq, msg, aref, state)
         except Exception as e:  # noqa: BLE001 - a bug here must not take the worker down
-            self.reply_error(seq, msg, "exception", f"node {msg.metadata.dst}: {type(e).__name__}: {e}\n{traceback.format_exc()}")
+            self.reply_error(
+                seq, msg, "exception", f"node {msg.metadata.dst}: {type(e).__name__}: {e}\n{traceback.format_exc()}"
+            )
 
     def run_task(self, seq: int, msg: Message, aref: Any, state: dict) -> None:
         node = msg.metadata.dst
         try:
             msg.content.arrays = self.arrays_for(aref)
         except Exception as e:  # noqa: BLE001
-            self.reply_error(seq, msg, "exception", f"node {node}: could not map the message's arrays: {type(e).__name__}: {e}")
+            self.reply_error(
+                seq, msg, "exception", f"node {node}: could not map the message's arrays: {type(e).__name__}: {e}"
+            )
             return
         ctx = self.federation.context(node, msg.metadata.round, state)
         assert self.app is not None
@@ -244,21 +267,35 @@ class Worker:
         mark = ring.written if ring is not None else 0
         try:
             rref = self.pack(reply.content.arrays)
-            data = frame(("r", seq, reply.kind, vars(reply.metadata), reply.content.metrics,
-                          reply.content.config, None, rref, ctx.state, time.monotonic() - self.t0))
+            data = frame(
+                (
+                    "r",
+                    seq,
+                    reply.kind,
+                    vars(reply.metadata),
+                    reply.content.metrics,
+                    reply.content.config,
+                    None,
+                    rref,
+                    ctx.state,
+                    time.monotonic() - self.t0,
+                )
+            )
         except Exception as e:  # noqa: BLE001 - unpicklable metrics/config/state, bad arrays
             if ring is not None and ring is self.ring:
                 ring.written = mark  # give back the region nobody will read
-            self.reply_error(seq, msg, "invalid-reply",
-                             f"node {node}: the reply could not be sent back: {type(e).__name__}: {e}")
+            self.reply_error(
+                seq, msg, "invalid-reply", f"node {node}: the reply could not be sent back: {type(e).__name__}: {e}"
+            )
             return
         if rref is not None and rref[0] == "a":
             self.ring.announced = True  # type: ignore[union-attr]
         self.emit(data)
 
     def error_frame(self, seq: int, reply: Message, code: str, text: str) -> bytes:
-        return frame(("r", seq, reply.kind, vars(reply.metadata), {}, {}, (code, text), None, None,
-                      time.monotonic() - self.t0))
+        return frame(
+            ("r", seq, reply.kind, vars(reply.metadata), {}, {}, (code, text), None, None, time.monotonic() - self.t0)
+        )
 
     def reply_error(self, seq: int, msg: Message, code: str, text: str) -> None:
         self.emit(self.error_frame(seq, msg.error_reply(code, text), code, text))
@@ -302,8 +339,18 @@ def _die_with_parent() -> None:
         pass
 
 
-def worker_main(app_src: Any, federation: Federation, task_fd: int, res_fd: int, prefix: str,
-                parent_pid: int, close_fds: Sequence[int], ctl: Any, slot: int, pdeathsig: bool) -> None:
+def worker_main(
+    app_src: Any,
+    federation: Federation,
+    task_fd: int,
+    res_fd: int,
+    prefix: str,
+    parent_pid: int,
+    close_fds: Sequence[int],
+    ctl: Any,
+    slot: int,
+    pdeathsig: bool,
+) -> None:
     """The body of a forked worker process (the target of its `multiprocessing.Process`)."""
     if pdeathsig and sys.platform.startswith("linux"):
         _die_with_parent()

@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 
+from ..pids import pid_alive
 from .errors import StoreError
 from .state_io import save_state_file, state_from_bytes
 
@@ -61,20 +62,9 @@ def read_checkpoint(path: Path, sha256: str) -> dict:
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
         raise StoreError(
-            f"checkpoint file {path} is damaged or was modified: sha256 {actual}, "
-            f"the store recorded {sha256}"
+            f"checkpoint file {path} is damaged or was modified: sha256 {actual}, the store recorded {sha256}"
         )
     return state_from_bytes(data)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_unreferenced(directory: Path, keep: set[str]) -> None:
@@ -87,5 +77,5 @@ def remove_unreferenced(directory: Path, keep: set[str]) -> None:
                 p.unlink(missing_ok=True)
         elif m := _TEMP.fullmatch(p.name):
             pid = int(m.group(1))
-            if pid != os.getpid() and not _alive(pid):
+            if pid != os.getpid() and not pid_alive(pid):
                 p.unlink(missing_ok=True)

@@ -22,7 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoints import checkpoint_name, read_checkpoint, remove_unreferenced, write_checkpoint
+from .checkpoints import (
+    checkpoint_name,
+    read_checkpoint,
+    remove_unreferenced,
+    write_checkpoint,
+)
 from .errors import StoreError
 from .schema import ensure_schema
 
@@ -101,9 +106,7 @@ class Store:
         self._lock = threading.Lock()  # one connection shared by threads: use it one at a time
         self._commit_lock = threading.Lock()  # a commit spans file writes and transactions
         try:
-            conn = sqlite3.connect(
-                self.path, timeout=10.0, check_same_thread=False, isolation_level=None
-            )
+            conn = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open store {self.root}: {e}") from e
         try:
@@ -165,10 +168,13 @@ class Store:
         """An exact run id, or a unique prefix of one."""
         if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
             return run_id
-        matches = [r[0] for r in conn.execute(
-            "SELECT run_id FROM runs WHERE ? != '' AND substr(run_id, 1, length(?)) = ? ORDER BY run_id",
-            (run_id, run_id, run_id),
-        )]
+        matches = [
+            r[0]
+            for r in conn.execute(
+                "SELECT run_id FROM runs WHERE ? != '' AND substr(run_id, 1, length(?)) = ? ORDER BY run_id",
+                (run_id, run_id, run_id),
+            )
+        ]
         if len(matches) == 1:
             return matches[0]
         if matches:
@@ -176,9 +182,7 @@ class Store:
                 f"run id {run_id!r} is ambiguous in store {self.root}: it matches "
                 f"{', '.join(matches)}; give more characters"
             )
-        raise StoreError(
-            f"no run {run_id!r} in store {self.root}; `corolla runs --store {self.root}` lists the runs"
-        )
+        raise StoreError(f"no run {run_id!r} in store {self.root}; `corolla runs --store {self.root}` lists the runs")
 
     def resolve(self, run_id: str) -> str:
         """The full run id for an id or unique prefix (StoreError if none or several)."""

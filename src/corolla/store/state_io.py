@@ -28,8 +28,7 @@ _COMPLEX_AS = {np.dtype("complex64").str: np.float32, np.dtype("complex128").str
 
 def _hint(path: str, kind: str) -> TypeError:
     return TypeError(
-        f"state value at {path or '<root>'!r} has type {kind}; "
-        "keep state as arrays, numbers, strings, lists and dicts"
+        f"state value at {path or '<root>'!r} has type {kind}; keep state as arrays, numbers, strings, lists and dicts"
     )
 
 
@@ -135,8 +134,7 @@ def unflatten_state(tensors: dict[str, np.ndarray], meta: dict) -> dict:
         raise StoreError(f"not a corolla state (format {meta.get('format')!r})")
     if meta.get("version", 0) > VERSION:
         raise StoreError(
-            f"state format version {meta['version']} is newer than this corolla reads ({VERSION}); "
-            "upgrade corolla"
+            f"state format version {meta['version']} is newer than this corolla reads ({VERSION}); upgrade corolla"
         )
     return _unnode(tensors, meta["root"])
 

@@ -9,6 +9,18 @@ from .strategy import InvalidReply, Strategy, check_reply_arrays
 from .transforms import Transform, WeightCap
 
 __all__ = [
-    "FedAvg", "InvalidReply", "Mean", "MetricsMean", "RoundCtx", "SGD", "State", "Strategy",
-    "StrategyError", "Transform", "Uniform", "Update", "WeightCap", "check_reply_arrays",
+    "FedAvg",
+    "InvalidReply",
+    "Mean",
+    "MetricsMean",
+    "RoundCtx",
+    "SGD",
+    "State",
+    "Strategy",
+    "StrategyError",
+    "Transform",
+    "Uniform",
+    "Update",
+    "WeightCap",
+    "check_reply_arrays",
 ]

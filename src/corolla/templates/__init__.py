@@ -51,9 +51,7 @@ def render(template: str, dest: Path | str, name: str) -> Path:
         if not dest.is_dir():
             raise ValueError(f"{dest} exists and is not a folder; choose another destination")
         if any(dest.iterdir()):
-            raise ValueError(
-                f"{dest} already exists and is not empty; choose another destination or remove it first"
-            )
+            raise ValueError(f"{dest} already exists and is not empty; choose another destination or remove it first")
     subs = {"{{name}}": name, "{{module}}": module_name(name)}
 
     def fill(text: str) -> str:

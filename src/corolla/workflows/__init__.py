@@ -6,6 +6,14 @@ from .rounds import RoundFailed, Rounds
 from .server_app import ServerApp, Workflow
 
 __all__ = [
-    "Failure", "History", "NullObserver", "RoundFailed", "RoundRecord", "Rounds", "RunObserver",
-    "ServerApp", "ServerContext", "Workflow",
+    "Failure",
+    "History",
+    "NullObserver",
+    "RoundFailed",
+    "RoundRecord",
+    "Rounds",
+    "RunObserver",
+    "ServerApp",
+    "ServerContext",
+    "Workflow",
 ]

@@ -48,7 +48,9 @@ class Rounds:
         num_rounds = ctx.num_rounds  # one source: the runtime's (--rounds / run config "num-rounds")
         node_ids = grid.node_ids()
         self.strategy.validate(len(node_ids))
-        if self.min_replies > self.strategy.select.min_cohort and self.min_replies > self.strategy.select.cohort_size(len(node_ids)):
+        if self.min_replies > self.strategy.select.min_cohort and self.min_replies > self.strategy.select.cohort_size(
+            len(node_ids)
+        ):
             raise ValueError(
                 f"min_replies={self.min_replies} exceeds the nodes sampled per round "
                 f"({self.strategy.select.cohort_size(len(node_ids))}); lower min_replies or sample more nodes"
@@ -62,7 +64,9 @@ class Rounds:
             start = 0
             arrays = self.initial_arrays() if callable(self.initial_arrays) else self.initial_arrays
             if not isinstance(arrays, Arrays):
-                raise TypeError(f"initial_arrays must be Arrays (or a function returning them), got {type(arrays).__name__}")
+                raise TypeError(
+                    f"initial_arrays must be Arrays (or a function returning them), got {type(arrays).__name__}"
+                )
             state = self.strategy.init(arrays)
             if self.evaluate_fn is not None:
                 # round 0: the starting point, for learning curves
@@ -87,7 +91,9 @@ class Rounds:
         return history
 
     # -- stages ---------------------------------------------------------------------
-    def _messages(self, kind: str, nodes: list[int], arrays: Arrays, config: Config, ctx: ServerContext, rnd: int) -> list[Message]:
+    def _messages(
+        self, kind: str, nodes: list[int], arrays: Arrays, config: Config, ctx: ServerContext, rnd: int
+    ) -> list[Message]:
         deadline = time.time() + self.round_timeout
         # one Arrays object shared by every message: grids broadcast it once
         return [
@@ -95,7 +101,9 @@ class Rounds:
             for n in nodes
         ]
 
-    def _train(self, grid: Grid, ctx: ServerContext, state: dict, rctx: RoundCtx, rec: RoundRecord, num_rounds: int) -> dict:
+    def _train(
+        self, grid: Grid, ctx: ServerContext, state: dict, rctx: RoundCtx, rec: RoundRecord, num_rounds: int
+    ) -> dict:
         s = self.strategy
         nodes, config, state = s.configure_train(state, grid.node_ids(), rctx)
         config = {**config, **(self.train_config(rctx.round) if self.train_config else {})}
@@ -121,7 +129,9 @@ class Rounds:
             ctx.observer.reply(reply.error is None)
         need = max(self.min_replies, s.min_replies)
         if acc.replies < need:
-            reasons = "; ".join(f"node {f.node}: {f.error.splitlines()[-1] if f.error else ''}" for f in rec.failures[:5])
+            reasons = "; ".join(
+                f"node {f.node}: {f.error.splitlines()[-1] if f.error else ''}" for f in rec.failures[:5]
+            )
             raise RoundFailed(
                 f"round {rctx.round}: {acc.replies} of {len(nodes)} sampled nodes replied successfully, "
                 f"{need} needed. First failures: {reasons or 'none'}"
@@ -129,7 +139,9 @@ class Rounds:
         state, rec.train, rec.server = s.close(acc, rctx)
         return state
 
-    def _evaluate(self, grid: Grid, ctx: ServerContext, state: dict, rctx: RoundCtx, rec: RoundRecord, num_rounds: int) -> None:
+    def _evaluate(
+        self, grid: Grid, ctx: ServerContext, state: dict, rctx: RoundCtx, rec: RoundRecord, num_rounds: int
+    ) -> None:
         nodes = self.strategy.configure_evaluate(state, grid.node_ids(), rctx)
         if not nodes:
             return
@@ -137,7 +149,9 @@ class Rounds:
         rec.evaluate_sampled = nodes
         ctx.observer.round_started(rctx.round, num_rounds, EVALUATE, len(nodes))
         mean = MetricsMean()
-        for reply in send_and_receive(grid, self._messages(EVALUATE, nodes, state["params"], config, ctx, rctx.round), self.round_timeout):
+        for reply in send_and_receive(
+            grid, self._messages(EVALUATE, nodes, state["params"], config, ctx, rctx.round), self.round_timeout
+        ):
             node = reply.metadata.src
             if reply.error is None:
                 try:

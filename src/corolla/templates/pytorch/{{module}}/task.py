@@ -7,7 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from corolla import Arrays
-from corolla.data.digits import NUM_CLASSES, NUM_FEATURES, load_digits_partition, load_digits_test
+from corolla.data.digits import (
+    NUM_CLASSES,
+    NUM_FEATURES,
+    load_digits_partition,
+    load_digits_test,
+)
 
 # The network is tiny: extra threads only add overhead, and a simulation already runs one
 # worker process per core. Remove this line for a larger model.

@@ -7,7 +7,12 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import log_loss
 
 from corolla import Arrays
-from corolla.data.digits import NUM_CLASSES, NUM_FEATURES, load_digits_partition, load_digits_test
+from corolla.data.digits import (
+    NUM_CLASSES,
+    NUM_FEATURES,
+    load_digits_partition,
+    load_digits_test,
+)
 
 CLASSES = np.arange(NUM_CLASSES)
 
