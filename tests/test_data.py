@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from corolla.data import dirichlet, iid
+from corolla.data import IID, Dirichlet
 
 
 def _labels(n_per_class: int = 200, num_classes: int = 10) -> np.ndarray:
@@ -34,13 +34,13 @@ def _mean_label_entropy(labels: np.ndarray, parts: list[np.ndarray]) -> float:
 
 
 def test_iid_covers_disjoint_and_balanced():
-    parts = iid(1003, 10, seed=0)
+    parts = IID(10, seed=0).split(np.zeros(1003))
     _check_cover(parts, 1003)
     assert {len(p) for p in parts} <= {100, 101}
 
 
 def test_iid_deterministic_by_seed():
-    a, b, c = iid(500, 7, seed=1), iid(500, 7, seed=1), iid(500, 7, seed=2)
+    a, b, c = IID(7, seed=1).split(np.zeros(500)), IID(7, seed=1).split(np.zeros(500)), IID(7, seed=2).split(np.zeros(500))
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
@@ -49,16 +49,16 @@ def test_iid_does_not_touch_global_rng():
     np.random.seed(123)
     before = np.random.random()
     np.random.seed(123)
-    iid(100, 4, seed=0)
-    dirichlet(_labels(20), 4, alpha=0.5, seed=0, min_partition_size=1)
+    IID(4, seed=0).split(np.zeros(100))
+    Dirichlet(4, alpha=0.5, seed=0, min_partition_size=1).split(_labels(20))
     assert np.random.random() == before
 
 
 def test_iid_rejects_bad_counts():
     with pytest.raises(ValueError, match="at most 5"):
-        iid(5, 6, seed=0)
+        IID(6, seed=0).split(np.zeros(5))
     with pytest.raises(ValueError, match="positive integer"):
-        iid(5, 0, seed=0)
+        IID(0, seed=0).split(np.zeros(5))
 
 
 # -- dirichlet -----------------------------------------------------------------------------
@@ -67,15 +67,15 @@ def test_iid_rejects_bad_counts():
 @pytest.mark.parametrize("alpha", [0.1, 0.5, 1.0, 100.0])
 def test_dirichlet_covers_and_disjoint(alpha):
     labels = _labels()
-    parts = dirichlet(labels, 20, alpha=alpha, seed=0)
+    parts = Dirichlet(20, alpha=alpha, seed=0).split(labels)
     _check_cover(parts, len(labels))
 
 
 def test_dirichlet_deterministic_by_seed():
     labels = _labels()
-    a = dirichlet(labels, 10, alpha=0.5, seed=3)
-    b = dirichlet(labels, 10, alpha=0.5, seed=3)
-    c = dirichlet(labels, 10, alpha=0.5, seed=4)
+    a = Dirichlet(10, alpha=0.5, seed=3).split(labels)
+    b = Dirichlet(10, alpha=0.5, seed=3).split(labels)
+    c = Dirichlet(10, alpha=0.5, seed=4).split(labels)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
@@ -83,7 +83,7 @@ def test_dirichlet_deterministic_by_seed():
 def test_dirichlet_label_skew_grows_as_alpha_shrinks():
     labels = _labels()
     entropy = {
-        alpha: np.mean([_mean_label_entropy(labels, dirichlet(labels, 20, alpha, seed=s)) for s in range(3)])
+        alpha: np.mean([_mean_label_entropy(labels, Dirichlet(20, alpha=alpha, seed=s).split(labels)) for s in range(3)])
         for alpha in (0.1, 1.0, 100.0)
     }
     assert entropy[0.1] < entropy[1.0] < entropy[100.0]
@@ -95,8 +95,8 @@ def test_dirichlet_respects_min_partition_size():
     labels = _labels(50)  # 500 examples over 20 nodes: skew often leaves a node under 10
     retried = 0
     for seed in range(8):
-        first = dirichlet(labels, 20, alpha=0.5, seed=seed, min_partition_size=0, max_tries=1)
-        parts = dirichlet(labels, 20, alpha=0.5, seed=seed, min_partition_size=10)
+        first = Dirichlet(20, alpha=0.5, seed=seed, min_partition_size=0, max_tries=1).split(labels)
+        parts = Dirichlet(20, alpha=0.5, seed=seed, min_partition_size=10).split(labels)
         assert min(len(p) for p in parts) >= 10
         _check_cover(parts, len(labels))
         retried += min(len(p) for p in first) < 10
@@ -106,16 +106,16 @@ def test_dirichlet_respects_min_partition_size():
 def test_dirichlet_impossible_request_is_a_clear_error():
     labels = _labels(10)  # 100 examples
     with pytest.raises(ValueError, match="lower min_partition_size to <= 10"):
-        dirichlet(labels, 10, alpha=0.5, seed=0, min_partition_size=11)
+        Dirichlet(10, alpha=0.5, seed=0, min_partition_size=11).split(labels)
     with pytest.raises(ValueError, match="raise alpha"):
-        dirichlet(labels, 10, alpha=0.01, seed=0, min_partition_size=10, max_tries=3)
+        Dirichlet(10, alpha=0.01, seed=0, min_partition_size=10, max_tries=3).split(labels)
     with pytest.raises(ValueError, match="alpha must be a positive"):
-        dirichlet(labels, 10, alpha=0.0, seed=0)
+        Dirichlet(10, alpha=0.0, seed=0).split(labels)
 
 
 def test_dirichlet_works_with_arbitrary_label_values():
     labels = np.array([7, 3, 3, 9, 7, 7, 3, 9, 9, 3] * 10)
-    parts = dirichlet(labels, 4, alpha=1.0, seed=0, min_partition_size=5)
+    parts = Dirichlet(4, alpha=1.0, seed=0, min_partition_size=5).split(labels)
     _check_cover(parts, len(labels))
 
 

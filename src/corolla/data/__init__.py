@@ -1,14 +1,18 @@
-"""Data helpers for simulations: partitioners and small bundled data sets.
+"""Federated data: partitioners that split any data set across nodes, and bundled data sets.
 
-Partitioners return index arrays, one per node, so any data set can be split without copies::
+Partitioners return row indices, one array per node, so no data is copied::
 
-    from corolla.data import dirichlet
-    parts = dirichlet(y, num_partitions=20, alpha=0.5, seed=0)
+    from corolla.data import Dirichlet
+    parts = Dirichlet(num_partitions=20, alpha=0.5, seed=0).split((X, y))
     X_node, y_node = X[parts[node]], y[parts[node]]
 
 Data set loaders (e.g. `corolla.data.digits`) import their ML library only when used.
 """
 
-from .partitioners import dirichlet, iid
+from .partitioners import IID, Dirichlet, Partitioner
+from .sources import ArraySource, HFSource, RowsView, Source, TorchSource, as_source, labels_of
 
-__all__ = ["dirichlet", "iid"]
+__all__ = [
+    "IID", "ArraySource", "Dirichlet", "HFSource", "Partitioner", "RowsView", "Source", "TorchSource",
+    "as_source", "labels_of",
+]

@@ -6,7 +6,7 @@ labels are int64. The split is the same in every process for the same arguments:
 1. a fixed global train/test split (`seed`, `test_fraction`): the test part is the held-out
    set for centralized evaluation (`load_digits_test`);
 2. a Dirichlet(`alpha`) label-skewed split of the train part across `num_partitions` nodes
-   (`corolla.data.dirichlet`; ``alpha=None`` gives an IID split);
+   (`corolla.data.Dirichlet`; ``alpha=None`` gives an IID split);
 3. each node's own local train/test split (`test_fraction` of its share).
 
 Loading and partitioning are cached per process, so many simulated nodes in one worker
@@ -20,7 +20,7 @@ import functools
 import numpy as np
 
 from .. import seeding
-from .partitioners import dirichlet, iid
+from .partitioners import IID, Dirichlet
 
 NUM_CLASSES = 10
 NUM_FEATURES = 64
@@ -68,9 +68,9 @@ def _partitions(
     _, y = _load()
     train, _ = _global_split(seed, test_fraction)
     if alpha is None:
-        parts = iid(len(train), num_partitions, seed)
+        parts = IID(num_partitions, seed).split(y[train])
     else:
-        parts = dirichlet(y[train], num_partitions, alpha, seed, min_partition_size=min_partition_size)
+        parts = Dirichlet(num_partitions, alpha, seed, min_partition_size=min_partition_size).split(y[train])
     return tuple(train[p] for p in parts)
 
 

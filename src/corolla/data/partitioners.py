@@ -1,24 +1,36 @@
-"""Split a data set's indices across nodes.
+"""Split a data set's rows across nodes, the ways the FL literature does.
 
-Every partitioner returns one sorted ``np.ndarray`` of indices per partition. Indices select
-rows of the caller's data (``X[idx]``), so partitioning never copies the data itself, and
-the partitions of one call are disjoint and together cover the data set exactly once.
+A partitioner is frozen config with one method, ``split(data) -> list[np.ndarray]``: one
+sorted array of row indices per partition. `data` is anything `corolla.data.as_source`
+takes ((X, y) arrays, a dict of columns, a labels array, a Hugging Face or torch data set);
+a partitioner reads only the columns it needs, so the data itself is never copied, and the
+partitions of one call are disjoint and together cover the data set once (unless documented).
 
-All randomness comes from ``corolla.seeding.rng(seed, "partition", ...)``: the same seed
-gives the same partitions in every process, and the global numpy state is never touched.
+All randomness comes from ``corolla.seeding.rng(seed, "partition", KEY, ...)``, each
+partitioner with its own key: the same seed gives the same partitions in every process, and
+the global numpy state is never touched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from .. import seeding
+from .sources import as_source, labels_of
 
 # keys under the "partition" purpose, so partitioners never share a random stream
 _IID = 0
 _DIRICHLET = 1
+
+
+@runtime_checkable
+class Partitioner(Protocol):
+    num_partitions: int
+
+    def split(self, data: Any) -> list[np.ndarray]: ...
 
 
 def _check_num_partitions(n: int, num_partitions: int) -> None:
@@ -30,22 +42,23 @@ def _check_num_partitions(n: int, num_partitions: int) -> None:
         )
 
 
-def iid(n: int, num_partitions: int, seed: int = 0) -> list[np.ndarray]:
-    """Shuffle ``range(n)`` and cut it into `num_partitions` parts whose sizes differ by at most 1."""
-    _check_num_partitions(n, num_partitions)
-    perm = seeding.rng(seed, "partition", _IID).permutation(n)
-    return [np.sort(p) for p in np.array_split(perm, num_partitions)]
+@dataclass(frozen=True)
+class IID:
+    """Shuffle the rows and cut them into `num_partitions` parts whose sizes differ by at most 1."""
+
+    num_partitions: int
+    seed: int = 0
+
+    def split(self, data: Any) -> list[np.ndarray]:
+        n = len(as_source(data))
+        _check_num_partitions(n, self.num_partitions)
+        perm = seeding.rng(self.seed, "partition", _IID).permutation(n)
+        return [np.sort(p) for p in np.array_split(perm, self.num_partitions)]
 
 
-def dirichlet(
-    labels: Sequence[int] | np.ndarray,
-    num_partitions: int,
-    alpha: float,
-    seed: int = 0,
-    min_partition_size: int = 10,
-    max_tries: int = 100,
-) -> list[np.ndarray]:
-    """Label-skewed partitions: each class is spread over the nodes by Dirichlet proportions.
+@dataclass(frozen=True)
+class Dirichlet:
+    """Label skew, Dirichlet per class over nodes: each class is spread by Dirichlet proportions.
 
     The convention of Yurochkin et al. (2019) and Hsu et al. (2019): for every class ``c``
     draw ``p ~ Dir(alpha, ..., alpha)`` over the `num_partitions` nodes, shuffle the indices
@@ -56,6 +69,22 @@ def dirichlet(
     If some partition ends up with fewer than `min_partition_size` examples, the whole draw
     is repeated with the next derived seed, up to `max_tries` times; then `ValueError`.
     """
+
+    num_partitions: int
+    alpha: float
+    seed: int = 0
+    min_partition_size: int = 10
+    max_tries: int = 100
+
+    def split(self, data: Any) -> list[np.ndarray]:
+        return _dirichlet(
+            labels_of(as_source(data)), self.num_partitions, self.alpha, self.seed, self.min_partition_size, self.max_tries
+        )
+
+
+def _dirichlet(
+    labels: np.ndarray, num_partitions: int, alpha: float, seed: int, min_partition_size: int, max_tries: int
+) -> list[np.ndarray]:
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be one-dimensional, got shape {labels.shape}")
