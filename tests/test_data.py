@@ -40,7 +40,11 @@ def test_iid_covers_disjoint_and_balanced():
 
 
 def test_iid_deterministic_by_seed():
-    a, b, c = IID(7, seed=1).split(np.zeros(500)), IID(7, seed=1).split(np.zeros(500)), IID(7, seed=2).split(np.zeros(500))
+    a, b, c = (
+        IID(7, seed=1).split(np.zeros(500)),
+        IID(7, seed=1).split(np.zeros(500)),
+        IID(7, seed=2).split(np.zeros(500)),
+    )
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
@@ -83,7 +87,9 @@ def test_dirichlet_deterministic_by_seed():
 def test_dirichlet_label_skew_grows_as_alpha_shrinks():
     labels = _labels()
     entropy = {
-        alpha: np.mean([_mean_label_entropy(labels, Dirichlet(20, alpha=alpha, seed=s).split(labels)) for s in range(3)])
+        alpha: np.mean(
+            [_mean_label_entropy(labels, Dirichlet(20, alpha=alpha, seed=s).split(labels)) for s in range(3)]
+        )
         for alpha in (0.1, 1.0, 100.0)
     }
     assert entropy[0.1] < entropy[1.0] < entropy[100.0]

@@ -13,6 +13,14 @@ from .partitioners import IID, Dirichlet, Partitioner
 from .sources import ArraySource, HFSource, RowsView, Source, TorchSource, as_source, labels_of
 
 __all__ = [
-    "IID", "ArraySource", "Dirichlet", "HFSource", "Partitioner", "RowsView", "Source", "TorchSource",
-    "as_source", "labels_of",
+    "IID",
+    "ArraySource",
+    "Dirichlet",
+    "HFSource",
+    "Partitioner",
+    "RowsView",
+    "Source",
+    "TorchSource",
+    "as_source",
+    "labels_of",
 ]

@@ -78,7 +78,12 @@ class Dirichlet:
 
     def split(self, data: Any) -> list[np.ndarray]:
         return _dirichlet(
-            labels_of(as_source(data)), self.num_partitions, self.alpha, self.seed, self.min_partition_size, self.max_tries
+            labels_of(as_source(data)),
+            self.num_partitions,
+            self.alpha,
+            self.seed,
+            self.min_partition_size,
+            self.max_tries,
         )
 
 
