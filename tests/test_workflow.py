@@ -138,3 +138,11 @@ def test_slow_node_times_out_inline():
     h = run(app, server=server, nodes=3, rounds=1)
     assert len(h.rounds[0].replied) == 2
     assert h.rounds[0].failures[0].error.startswith("timeout")
+
+
+def test_min_replies_above_cohort_fails_before_round_one():
+    def server(ctx):
+        return Rounds(strategy=FedAvg(fraction_train=0.5), initial_arrays=initial_arrays(), min_replies=5)
+
+    with pytest.raises(ValueError, match="min_replies=5 exceeds the 2 nodes sampled per round"):
+        run(noise_app(), server=ServerApp(server), nodes=4)

@@ -48,12 +48,11 @@ class Rounds:
         num_rounds = ctx.num_rounds  # one source: the runtime's (--rounds / run config "num-rounds")
         node_ids = grid.node_ids()
         self.strategy.validate(len(node_ids))
-        if self.min_replies > self.strategy.select.min_cohort and self.min_replies > self.strategy.select.cohort_size(
-            len(node_ids)
-        ):
+        cohort = self.strategy.select.cohort_size(len(node_ids))
+        if self.min_replies > cohort:
             raise ValueError(
-                f"min_replies={self.min_replies} exceeds the nodes sampled per round "
-                f"({self.strategy.select.cohort_size(len(node_ids))}); lower min_replies or sample more nodes"
+                f"min_replies={self.min_replies} exceeds the {cohort} nodes sampled per round; "
+                f"lower min_replies or sample more nodes"
             )
         history = History(run_id=ctx.run_id)
         if ctx.resume_from is not None:
