@@ -24,6 +24,9 @@ EXAMPLES = {
     "runs": "examples:\n  corolla runs\n  corolla runs --store my-app/.corolla --json",
     "show": "examples:\n  corolla show 20261128-001502-a3f9\n  corolla show 2026 --json   # a unique prefix is enough",
     "plot": "example:\n  corolla plot 20261128-001502-a3f9 -o curves.png",
+    "data": (
+        "example:\n  corolla data inspect --data digits --partitioner dirichlet alpha=0.5 --nodes 20 -o heatmap.png"
+    ),
 }
 
 
@@ -94,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_id", help="run id (or a unique prefix)")
     plot.add_argument("-o", "--output", required=True, metavar="FILE.png", help="image to write")
     plot.add_argument("--store", metavar="DIR", help="store folder (default: ./.corolla)")
+
+    from .data import add_data_parser
+
+    add_data_parser(cmd("data", "look at how a data set is split across nodes (corolla data inspect)"))
     return p
 
 
@@ -118,9 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..workflows.rounds import RoundFailed
 
     try:
-        return {"new": cmd_new, "run": cmd_run, "runs": cmd_runs, "show": cmd_show, "plot": cmd_plot}[args.command](
-            args
-        )
+        from .data import run_data
+
+        commands = {"new": cmd_new, "run": cmd_run, "runs": cmd_runs, "show": cmd_show, "plot": cmd_plot}
+        return {**commands, "data": run_data}[args.command](args)
     except (ProjectError, StoreError, StrategyError, ValueError, TypeError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
