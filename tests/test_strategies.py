@@ -117,3 +117,65 @@ def test_mean_streaming_memory_is_per_model_not_per_reply():
     assert len(acc.sums) == 1 and acc.count == 50  # nothing per reply is kept
     out, _, _ = m.result(acc, {}, ctx())
     np.testing.assert_allclose(out["w"], 24.5)
+
+
+def test_groups_with_own_optimizers_and_a_local_group():
+    # SCAFFOLD-like: the control group moves at its own rate; FedBN-like: "bn.*" stays local
+    s = Strategy(
+        select=Uniform(min_nodes=1),
+        groups={"local": "bn.*", "control": "c/*", "model": "*"},
+        aggregate={"local": None, "control": Mean(weighted=False), "model": Mean()},
+        optimizer={"local": None, "control": SGD(lr=0.5), "model": SGD(lr=1.0)},
+    )
+    base = Arrays({"w": np.zeros(2), "bn.scale": np.ones(2), "c/w": np.zeros(2)})
+    st = s.init(base)
+    assert set(st["aggregate"]) == {"control", "model"}
+    acc = s.open(st, ctx())
+    s.add(
+        acc,
+        0,
+        Arrays({"w": np.array([1.0, 1.0]), "bn.scale": np.full(2, 9.0), "c/w": np.array([2.0, 2.0])}),
+        {"num-examples": 3},
+        ctx(),
+    )
+    s.add(
+        acc,
+        1,
+        Arrays({"w": np.array([5.0, 5.0]), "bn.scale": np.full(2, 7.0), "c/w": np.array([4.0, 4.0])}),
+        {"num-examples": 1},
+        ctx(),
+    )
+    st, _, server = s.close(acc, ctx())
+    np.testing.assert_array_equal(st["params"]["w"], [2.0, 2.0])  # weighted (3*1 + 1*5) / 4
+    np.testing.assert_array_equal(st["params"]["c/w"], [1.5, 1.5])  # 0 + 0.5 * unweighted mean 3
+    np.testing.assert_array_equal(st["params"]["bn.scale"], [1.0, 1.0])  # local: untouched
+    assert list(st["params"]) == ["w", "bn.scale", "c/w"]  # order kept
+    assert server["control/server-lr"] == 0.5 and server["model/num-updates"] == 2
+
+
+def test_group_mistakes_are_named():
+    with pytest.raises(StrategyError, match="names groups"):
+        Strategy(groups={"a": "x*", "model": "*"}, aggregate={"model": Mean()})
+    s = Strategy(groups={"model": "w*"})
+    with pytest.raises(StrategyError, match="matches no group"):
+        s.init(Arrays({"b": np.zeros(1)}))
+
+
+def test_robust_aggregator_with_hiding_transform_is_refused():
+    class NeedsAll(Mean):
+        needs_individual_updates = True
+
+    class Hide(WeightCap):
+        hides_updates = True
+
+    with pytest.raises(StrategyError, match="NeedsAll needs individual updates but weight_cap hides them"):
+        Strategy(aggregate=NeedsAll(), transforms=(Hide(1.0),))
+
+
+def test_aggregator_minimum_checked_against_selector():
+    class NeedsFive(Mean):
+        def min_updates(self):
+            return 5
+
+    with pytest.raises(StrategyError, match="NeedsFive needs at least 5 updates.*raise min_nodes to >= 5"):
+        Strategy(select=Uniform(min_nodes=2), aggregate=NeedsFive())

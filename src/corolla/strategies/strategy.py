@@ -12,8 +12,10 @@ Named strategies (`FedAvg`, ...) are functions returning a `Strategy`, never sub
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -58,16 +60,20 @@ class RoundAcc:
     state: State
     base: Arrays
     broadcasts: list[Config]
-    agg: Any
+    agg: dict[str, Any]  # per group
     metrics: MetricsMean
     replies: int = 0
+    groups: dict[str, list[str]] = field(default_factory=dict)  # aggregated groups -> array names
 
 
 @dataclass(frozen=True)
 class Strategy:
     select: Any = field(default_factory=Uniform)  # Selector
-    aggregate: Any = field(default_factory=Mean)  # Aggregator
-    optimizer: Any = field(default_factory=SGD)  # ServerOptimizer
+    #: one Aggregator for every group, or {group: Aggregator | None}; None keeps a group local
+    #: (neither aggregated nor changed on the server, as FedBN/FedPer need)
+    aggregate: Any = field(default_factory=Mean)
+    #: one ServerOptimizer for every group, or {group: ServerOptimizer}
+    optimizer: Any = field(default_factory=SGD)
     transforms: tuple[Transform, ...] = ()
     #: constants or schedules (round -> value) sent with every train message
     node_config: Mapping[str, Hparam] = field(default_factory=dict)
@@ -75,17 +81,69 @@ class Strategy:
     select_evaluate: Any = field(default_factory=lambda: Uniform(purpose="select-evaluate"))
     #: reject replies containing NaN/inf
     require_finite: bool = True
+    #: array groups: {group: name pattern (fnmatch)}; an array joins the first group it matches.
+    #: E.g. SCAFFOLD's {"scaffold": "scaffold/*", "model": "*"}.
+    groups: Mapping[str, str] = field(default_factory=lambda: {"model": "*"})
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.transforms]
         if len(set(names)) != len(names):
             raise StrategyError(f"transform names must be unique (they key the state); got {names}")
-        min_up = getattr(self.aggregate, "min_updates", lambda: 1)()
-        if self.select.min_cohort < min_up:
+        if not self.groups:
+            raise StrategyError("groups must name at least one group, e.g. {'model': '*'}")
+        aggregators = {g: a for g, a in self._per_group("aggregate").items() if a is not None}
+        optimizers = self._per_group("optimizer")
+        if not aggregators:
+            raise StrategyError("every group is kept local (aggregate None); aggregate at least one group")
+        for g in aggregators:
+            if optimizers.get(g) is None:
+                raise StrategyError(f"group {g!r} is aggregated but has no optimizer; give it one, e.g. SGD(1.0)")
+        hiding = [t.name for t in self.transforms if getattr(t, "hides_updates", False)]
+        needy = [type(a).__name__ for a in aggregators.values() if getattr(a, "needs_individual_updates", False)]
+        if hiding and needy:
             raise StrategyError(
-                f"{type(self.aggregate).__name__} needs at least {min_up} updates per round but the selector "
-                f"may pick only {self.select.min_cohort}; raise min_nodes to >= {min_up}"
+                f"{needy[0]} needs individual updates but {hiding[0]} hides them; "
+                f"use Mean with {hiding[0]}, or drop {hiding[0]}"
             )
+        if self.select.min_cohort < self.min_replies:
+            worst = max(aggregators.values(), key=_min_updates)
+            raise StrategyError(
+                f"{type(worst).__name__} needs at least {self.min_replies} updates per round but the selector "
+                f"may pick only {self.select.min_cohort}; raise min_nodes to >= {self.min_replies}"
+            )
+
+    @functools.cached_property
+    def _aggregators(self) -> dict[str, Any]:
+        return self._per_group("aggregate")
+
+    @functools.cached_property
+    def _optimizers(self) -> dict[str, Any]:
+        return self._per_group("optimizer")
+
+    def _per_group(self, which: str) -> dict[str, Any]:
+        spec = getattr(self, which)
+        if not isinstance(spec, Mapping):
+            return {g: spec for g in self.groups}
+        if set(spec) != set(self.groups):
+            raise StrategyError(
+                f"{which} names groups {sorted(spec)} but the strategy's groups are {sorted(self.groups)}; "
+                f"give one part per group (None in aggregate keeps a group local)"
+            )
+        return dict(spec)
+
+    def group_names(self, arrays: Arrays) -> dict[str, list[str]]:
+        """{group: array names}, by the first matching pattern; an array matching none is an error."""
+        out: dict[str, list[str]] = {g: [] for g in self.groups}
+        for name in arrays:
+            for g, pattern in self.groups.items():
+                if fnmatch.fnmatchcase(name, pattern):
+                    out[g].append(name)
+                    break
+            else:
+                raise StrategyError(
+                    f"array {name!r} matches no group pattern {dict(self.groups)}; add a catch-all such as 'model': '*'"
+                )
+        return out
 
     # -- checks ---------------------------------------------------------------
     def validate(self, num_nodes: int) -> None:
@@ -96,15 +154,17 @@ class Strategy:
 
     @property
     def min_replies(self) -> int:
-        return max(1, getattr(self.aggregate, "min_updates", lambda: 1)())
+        return max([1, *(_min_updates(a) for a in self._aggregators.values() if a is not None)])
 
     # -- state ------------------------------------------------------------------
     def init(self, arrays: Arrays) -> State:
+        groups = self.group_names(arrays)
+        aggs, opts = self._aggregators, self._optimizers
         return {
             "params": arrays,
             "select": self.select.init(),
-            "aggregate": self.aggregate.init(arrays),
-            "optimizer": self.optimizer.init(arrays),
+            "aggregate": {g: aggs[g].init(_subset(arrays, n)) for g, n in groups.items() if aggs[g] is not None},
+            "optimizer": {g: opts[g].init(_subset(arrays, n)) for g, n in groups.items() if aggs[g] is not None},
             "transforms": {t.name: t.init(arrays) for t in self.transforms},
         }
 
@@ -124,7 +184,10 @@ class Strategy:
 
     def open(self, state: State, ctx: RoundCtx) -> RoundAcc:
         broadcasts = [t.broadcast(state["transforms"][t.name], ctx) for t in self.transforms]
-        return RoundAcc(state, state["params"], broadcasts, self.aggregate.open(state["aggregate"], ctx), MetricsMean())
+        aggs = self._aggregators
+        groups = {g: n for g, n in self.group_names(state["params"]).items() if aggs[g] is not None}
+        accs = {g: aggs[g].open(state["aggregate"][g], ctx) for g in groups}
+        return RoundAcc(state, state["params"], broadcasts, accs, MetricsMean(), groups=groups)
 
     def add(self, acc: RoundAcc, node: int, arrays: Arrays, metrics: Metrics, ctx: RoundCtx) -> RoundAcc:
         """Check one reply against the global arrays, transform it and fold it in.
@@ -137,7 +200,10 @@ class Strategy:
         u = Update(node=node, arrays=arrays, base=acc.base, weight=float(weight), metrics=metrics)
         for t, bc in zip(self.transforms, acc.broadcasts):
             u = t.per_update(bc, u, ctx)
-        acc.agg = self.aggregate.add(acc.agg, u)
+        aggs = self._aggregators
+        for g, names in acc.groups.items():
+            part = u if len(names) == len(acc.base) else _group_update(u, names)
+            acc.agg[g] = aggs[g].add(acc.agg[g], part)
         acc.metrics.add(metrics, u.weight)
         acc.replies += 1
         return acc
@@ -145,13 +211,45 @@ class Strategy:
     def close(self, acc: RoundAcc, ctx: RoundCtx) -> tuple[State, Metrics, Metrics]:
         """-> (new state, aggregated train metrics, server metrics)."""
         state = acc.state
-        update, agg_state, server_metrics = self.aggregate.result(acc.agg, state["aggregate"], ctx)
-        server_metrics = dict(server_metrics)
+        aggs, opts = self._aggregators, self._optimizers
+        update, agg_states, server_metrics = Arrays(), {}, {}
+        for g in acc.groups:
+            u, agg_states[g], m = aggs[g].result(acc.agg[g], state["aggregate"][g], ctx)
+            update.update(u)
+            server_metrics.update(_prefixed(g, m, len(acc.groups)))
         tstates = dict(state["transforms"])
         for t in reversed(self.transforms):
             update, tstates[t.name], m = t.on_aggregate(tstates[t.name], update, ctx)
             server_metrics.update({f"{t.name}/{k}": v for k, v in m.items()})
-        params, opt_state, m = self.optimizer.step(state["optimizer"], state["params"], update, ctx)
-        server_metrics.update(m)
-        new_state = {**state, "params": params, "aggregate": agg_state, "optimizer": opt_state, "transforms": tstates}
+        params, opt_states = Arrays(state["params"]), {}
+        for g, names in acc.groups.items():
+            new, opt_states[g], m = opts[g].step(
+                state["optimizer"][g], _subset(state["params"], names), _subset(update, names), ctx
+            )
+            params.update(new)
+            server_metrics.update(_prefixed(g, m, len(acc.groups)))
+        new_state = {
+            **state,
+            "params": params,
+            "aggregate": agg_states,
+            "optimizer": opt_states,
+            "transforms": tstates,
+        }
         return new_state, acc.metrics.result(), server_metrics
+
+
+def _min_updates(aggregator: Any) -> int:
+    return int(getattr(aggregator, "min_updates", lambda: 1)())
+
+
+def _subset(arrays: Arrays, names: list[str]) -> Arrays:
+    return arrays if len(names) == len(arrays) else Arrays((n, arrays[n]) for n in names)
+
+
+def _group_update(u: Update, names: list[str]) -> Update:
+    return replace(u, arrays=_subset(u.arrays, names), base=_subset(u.base, names))
+
+
+def _prefixed(group: str, metrics: Metrics, num_groups: int) -> Metrics:
+    """Metrics of a group's parts; prefixed by the group only when there are several."""
+    return dict(metrics) if num_groups == 1 else {f"{group}/{k}": v for k, v in metrics.items()}
