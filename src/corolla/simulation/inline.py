@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 from ..client.app import ClientApp
-from ..grid import timeout_reply
+from ..grid import NodeRange, timeout_reply
 from ..message import Message
 from ..records import Arrays
 from .federation import Federation, NodeStates, run_message
@@ -23,7 +23,7 @@ class InlineGrid:
         self.states = states if states is not None else NodeStates()
         self._pending: dict[str, Message] = {}
 
-    def node_ids(self) -> range:
+    def node_ids(self) -> NodeRange:
         return self.federation.node_ids()
 
     def send(self, messages: Sequence[Message]) -> list[str]:

@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 
 from ..client.app import ClientApp
-from ..grid import timeout_reply
+from ..grid import NodeRange, timeout_reply
 from ..message import Content, Error, Message, Metadata
 from ..records import Arrays
 from . import shm
@@ -363,7 +363,7 @@ class ProcessGrid:
             raise
 
     # -- Grid protocol -------------------------------------------------------------------------
-    def node_ids(self) -> range:
+    def node_ids(self) -> NodeRange:
         return self.federation.node_ids()
 
     def send(self, messages: Sequence[Message]) -> list[str]:

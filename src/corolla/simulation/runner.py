@@ -23,7 +23,7 @@ from ..store import Store
 from ..workflows.context import NullObserver, RunObserver, ServerContext
 from ..workflows.history import History, RoundRecord
 from ..workflows.server_app import ServerApp
-from .federation import Federation, NodeStates
+from .federation import Federation, NodeProperties, NodeStates
 from .inline import InlineGrid
 
 log = logging.getLogger("corolla")
@@ -75,6 +75,7 @@ def run_simulation(
     seed: int | None = None,
     run_config: Config | None = None,
     node_config: Config | None = None,
+    node_properties: NodeProperties | None = None,
     store: str | Path | Store | None = None,
     resume: str | None = None,
     observer: RunObserver | None = None,
@@ -87,6 +88,11 @@ def run_simulation(
     (default 3). With `store` (a folder), the run, its rounds and checkpoints are persisted;
     `resume` continues a stored run with its stored seed, nodes and config (giving different
     ones is an error; only `num_rounds` may change).
+
+    `node_properties` gives nodes properties (joined to their node config, and seen by
+    selectors such as `ByProperty` and `ProportionalToSize`): a function ``node_id -> dict``,
+    or a table ``{property: value | list cycled by node id}``. They are not stored with the
+    run: pass the same ones when resuming.
     """
     if not isinstance(server_app, ServerApp):
         raise TypeError(f"server_app must be a corolla.ServerApp, got {type(server_app).__name__}")
@@ -122,7 +128,12 @@ def run_simulation(
             run_id = time.strftime("sim-%Y%m%d-%H%M%S", time.gmtime())
     num_rounds_final = int(config.get("num-rounds", 3))
     federation = Federation(
-        num_nodes=num_nodes, run_id=run_id, seed=seed, run_config=config, node_config=dict(node_config or {})
+        num_nodes=num_nodes,
+        run_id=run_id,
+        seed=seed,
+        run_config=config,
+        node_config=dict(node_config or {}),
+        node_properties=node_properties,
     )
     ctx = ServerContext(
         run_id=run_id,
@@ -222,7 +233,13 @@ def run_project(
     resume: str | None = None,
     observer: RunObserver | None = None,
 ) -> History:
-    """Run a project folder as `corolla run` does; the store defaults to PATH/.corolla."""
+    """Run a project folder as `corolla run` does; the store defaults to PATH/.corolla.
+
+    Nodes get properties from an optional table (a list cycles by node id)::
+
+        [tool.corolla.simulation.node-properties]
+        gpu = [true, false, false]
+    """
     proj = Project.load(path)
     server_app, client_app = proj.load_apps()
     sim = proj.simulation
@@ -241,6 +258,7 @@ def run_project(
         seed=seed,
         run_config=run_config,
         node_config=sim.get("node-config"),
+        node_properties=sim.get("node-properties"),
         store=store if store is not None else proj.path / ".corolla",
         resume=resume,
         observer=observer,
