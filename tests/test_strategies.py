@@ -179,3 +179,21 @@ def test_aggregator_minimum_checked_against_selector():
 
     with pytest.raises(StrategyError, match="NeedsFive needs at least 5 updates.*raise min_nodes to >= 5"):
         Strategy(select=Uniform(min_nodes=2), aggregate=NeedsFive())
+
+
+def test_transforms_ignore_local_arrays():
+    from corolla.strategies.transforms import ClipNorm
+
+    s = Strategy(
+        select=Uniform(min_nodes=1),
+        groups={"local": "bn", "model": "*"},
+        aggregate={"local": None, "model": Mean()},
+        optimizer={"local": None, "model": SGD()},
+        transforms=(ClipNorm(1.0),),
+    )
+    st = s.init(Arrays({"w": np.zeros(1), "bn": np.zeros(1)}))
+    acc = s.open(st, ctx())
+    s.add(acc, 0, Arrays({"w": np.array([0.5]), "bn": np.array([100.0])}), {"num-examples": 1}, ctx())
+    st, _, server = s.close(acc, ctx())
+    assert st["params"]["w"][0] == 0.5  # the local drift did not count toward the clip norm
+    assert server["side/clipped"] == 0.0

@@ -64,6 +64,7 @@ class RoundAcc:
     metrics: MetricsMean
     replies: int = 0
     groups: dict[str, list[str]] = field(default_factory=dict)  # aggregated groups -> array names
+    local: bool = False  # some groups are kept local
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,8 @@ class Strategy:
         aggs = self._aggregators
         groups = {g: n for g, n in self.group_names(state["params"]).items() if aggs[g] is not None}
         accs = {g: aggs[g].open(state["aggregate"][g], ctx) for g in groups}
-        return RoundAcc(state, state["params"], broadcasts, accs, MetricsMean(), groups=groups)
+        local = any(a is None for a in aggs.values())
+        return RoundAcc(state, state["params"], broadcasts, accs, MetricsMean(), groups=groups, local=local)
 
     def add(self, acc: RoundAcc, node: int, arrays: Arrays, metrics: Metrics, ctx: RoundCtx) -> RoundAcc:
         """Check one reply against the global arrays, transform it and fold it in.
@@ -198,6 +200,8 @@ class Strategy:
         if not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight < 0:
             raise InvalidReply(f"'num-examples' must be a finite number >= 0, got {weight!r}")
         u = Update(node=node, arrays=arrays, base=acc.base, weight=float(weight), metrics=metrics)
+        if acc.local:  # transforms see only what is aggregated, not arrays a node keeps to itself
+            u = _group_update(u, [n for names in acc.groups.values() for n in names])
         for t, bc in zip(self.transforms, acc.broadcasts):
             u = t.per_update(bc, u, ctx)
         aggs = self._aggregators
