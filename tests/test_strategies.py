@@ -197,3 +197,23 @@ def test_transforms_ignore_local_arrays():
     st, _, server = s.close(acc, ctx())
     assert st["params"]["w"][0] == 0.5  # the local drift did not count toward the clip norm
     assert server["side/clipped"] == 0.0
+
+
+def test_selector_observes_replies_into_its_state():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Learning(Uniform):
+        def init(self):
+            return {"seen": 0.0}
+
+        def observe(self, state, node, metrics, ctx):
+            return {"seen": state["seen"] + metrics["loss"]}
+
+    s = Strategy(select=Learning(min_nodes=1))
+    st = s.init(Arrays({"w": np.zeros(1)}))
+    acc = s.open(st, ctx())
+    s.add(acc, 0, Arrays({"w": np.ones(1)}), {"num-examples": 1, "loss": 2.0}, ctx())
+    s.add(acc, 1, Arrays({"w": np.ones(1)}), {"num-examples": 1, "loss": 3.0}, ctx())
+    st2, _, _ = s.close(acc, ctx())
+    assert st2["select"] == {"seen": 5.0} and st["select"] == {"seen": 0.0}

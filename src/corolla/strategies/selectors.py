@@ -46,9 +46,9 @@ Utility-based selection (Oort, Lai et al. OSDI 2021) fits the same shape: keep a
 utility in the state (a dict ``{node_id: utility}`` only for nodes seen so far, so memory
 grows with the nodes sampled, not the federation), explore unseen nodes with
 ``ctx.rng(purpose)`` and exploit the highest utilities. Its utility must come from replies
-(loss, duration); `select` does not see replies, so such a selector needs the strategy to
-call an ``observe(state, node, metrics) -> state`` hook after each reply (not wired yet), or
-the utility must arrive as a node property.
+(loss, duration): a selector that defines ``observe(state, node, metrics, ctx) -> state`` gets
+each successful train reply from `Strategy.add`, and the state it returns is checkpointed
+with the round.
 
 Cost: `ProportionalToSize` and `ByProperty` read every node's properties each round, which is
 O(N) time (about a second per round for a million simulated nodes) but O(1) extra memory for

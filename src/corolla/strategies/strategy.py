@@ -65,6 +65,7 @@ class RoundAcc:
     replies: int = 0
     groups: dict[str, list[str]] = field(default_factory=dict)  # aggregated groups -> array names
     local: bool = False  # some groups are kept local
+    select_state: Any = None  # the selector's state, updated by `observe` as replies arrive
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,16 @@ class Strategy:
         groups = {g: n for g, n in self.group_names(state["params"]).items() if aggs[g] is not None}
         accs = {g: aggs[g].open(state["aggregate"][g], ctx) for g in groups}
         local = any(a is None for a in aggs.values())
-        return RoundAcc(state, state["params"], broadcasts, accs, MetricsMean(), groups=groups, local=local)
+        return RoundAcc(
+            state,
+            state["params"],
+            broadcasts,
+            accs,
+            MetricsMean(),
+            groups=groups,
+            local=local,
+            select_state=state["select"],
+        )
 
     def add(self, acc: RoundAcc, node: int, arrays: Arrays, metrics: Metrics, ctx: RoundCtx) -> RoundAcc:
         """Check one reply against the global arrays, transform it and fold it in.
@@ -209,6 +219,9 @@ class Strategy:
             part = u if len(names) == len(acc.base) else _group_update(u, names)
             acc.agg[g] = aggs[g].add(acc.agg[g], part)
         acc.metrics.add(metrics, u.weight)
+        observe = getattr(self.select, "observe", None)
+        if observe is not None:  # feedback for selectors that learn (utility-based, Oort-like)
+            acc.select_state = observe(acc.select_state, node, metrics, ctx)
         acc.replies += 1
         return acc
 
@@ -235,6 +248,7 @@ class Strategy:
         new_state = {
             **state,
             "params": params,
+            "select": acc.select_state,
             "aggregate": agg_states,
             "optimizer": opt_states,
             "transforms": tstates,
