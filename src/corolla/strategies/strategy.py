@@ -218,7 +218,7 @@ class Strategy:
         for g, names in acc.groups.items():
             part = u if len(names) == len(acc.base) else _group_update(u, names)
             acc.agg[g] = aggs[g].add(acc.agg[g], part)
-        acc.metrics.add(metrics, u.weight)
+        acc.metrics.add(metrics, float(weight))  # metrics: weighted by num-examples, whatever transforms did
         observe = getattr(self.select, "observe", None)
         if observe is not None:  # feedback for selectors that learn (utility-based, Oort-like)
             acc.select_state = observe(acc.select_state, node, metrics, ctx)
