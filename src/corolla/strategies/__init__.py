@@ -23,6 +23,7 @@ from .robust import (
 )
 from .selectors import ByProperty, ProportionalToSize, Selector, Uniform
 from .server_optimizers import SGD, Adagrad, Adam, Momentum, Yogi
+from .stateful import SCAFFOLD, Ditto, FedDyn, FedNova, NormalizeBySteps, SideScaledMean
 from .strategy import InvalidReply, Strategy, check_reply_arrays
 from .transforms import ClipNorm, Transform, WeightCap
 from .update_buffer import UpdateBuffer
@@ -72,6 +73,12 @@ __all__ = [
     "Bulyan",
     "RFA",
     "QFedAvg",
+    "SCAFFOLD",
+    "FedNova",
+    "FedDyn",
+    "Ditto",
+    "NormalizeBySteps",
+    "SideScaledMean",
     "FedBN",
     "FedPer",
     "with_local",
