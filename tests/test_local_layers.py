@@ -152,3 +152,20 @@ def test_fedbn_end_to_end_process_backend():
     np.testing.assert_array_equal(h.arrays["bn.mean"], 0.0)
     np.testing.assert_allclose(h.arrays["conv.w"], 2.0)
     assert h.rounds[-1].evaluate["bn-mean"] == pytest.approx(4.0)
+
+
+def test_local_groups_work_with_stateful_transforms():
+    # FedDyn's transform keeps state per array; arrays kept local must not be part of it
+    import numpy as np
+
+    from corolla import Arrays
+    from corolla.strategies import FedDyn, RoundCtx, with_local
+
+    s = with_local(FedDyn(), "bn")
+    st = s.init(Arrays({"w": np.zeros(2), "bn": np.ones(2)}))
+    ctx = RoundCtx(round=1, seed=0, num_nodes=2)
+    acc = s.open(st, ctx)
+    s.add(acc, 0, Arrays({"w": np.ones(2), "bn": np.full(2, 5.0)}), {"num-examples": 1}, ctx)
+    s.add(acc, 1, Arrays({"w": np.ones(2), "bn": np.full(2, 7.0)}), {"num-examples": 1}, ctx)
+    st, _, _ = s.close(acc, ctx)
+    assert st["params"]["bn"].tolist() == [1.0, 1.0]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from corolla import Arrays
-from corolla.strategies import SGD, Mean, RoundCtx, StrategyError, Update
+from corolla.strategies import SGD, InvalidReply, Mean, RoundCtx, StrategyError, Update
 from corolla.strategies.qffl import LOSS_EPS, QFFL, QFedAvg
 
 
@@ -102,9 +102,9 @@ def test_composition_and_defaults():
 def test_missing_or_bad_loss_names_the_key():
     s = QFedAvg(0.1)
     base = Arrays({"w": np.zeros(2)})
-    with pytest.raises(StrategyError, match=r"no 'train-loss' \(they have: loss, num-examples\).*loss_key"):
+    with pytest.raises(InvalidReply, match=r"no 'train-loss' \(they have: loss, num-examples\).*loss_key"):
         run_round(s, base, [(1, Arrays({"w": np.ones(2)}), {"num-examples": 1, "loss": 0.3})])
-    with pytest.raises(StrategyError, match="finite loss >= 0"):
+    with pytest.raises(InvalidReply, match="finite loss >= 0"):
         run_round(s, base, [(1, Arrays({"w": np.ones(2)}), {"num-examples": 1, "train-loss": -1.0})])
     with pytest.raises(StrategyError, match="client_learning_rate must be > 0"):
         QFFL(0.0)

@@ -29,7 +29,7 @@ from .aggregators import Mean
 from .base import Hparam, RoundCtx, State, StrategyError, Update, resolve
 from .selectors import Uniform
 from .server_optimizers import SGD
-from .strategy import Strategy
+from .strategy import InvalidReply, Strategy
 
 __all__ = ["QFFL", "QFedAvg"]
 
@@ -67,14 +67,14 @@ class QFFL:
 
     def loss(self, u: Update) -> float:
         if self.loss_key not in u.metrics:
-            raise StrategyError(
+            raise InvalidReply(
                 f"q-FFL needs each node's training loss, but node {u.node}'s reply metrics have no "
                 f"{self.loss_key!r} (they have: {', '.join(sorted(u.metrics)) or 'none'}); report it from the "
                 f"train handler or set QFFL(loss_key=...)"
             )
         loss = float(u.metrics[self.loss_key])
         if not np.isfinite(loss) or loss < 0:
-            raise StrategyError(f"q-FFL needs a finite loss >= 0; node {u.node} reported {self.loss_key}={loss}")
+            raise InvalidReply(f"q-FFL needs a finite loss >= 0; node {u.node} reported {self.loss_key}={loss}")
         return loss
 
     def per_update(self, broadcast: Config, u: Update, ctx: RoundCtx) -> Update:

@@ -1,11 +1,16 @@
 """A strategy is a composition of parts; workflows drive it.
 
-``Strategy(select, aggregate, optimizer, transforms, node_config)`` is pure policy:
+``Strategy(select, aggregate, optimizer, transforms, node_config, select_evaluate,
+require_finite, groups)`` is pure policy; all state is explicit and nested by part name:
 
-    state = s.init(arrays, ctx)                       # all state, nested by part name
+    state = s.init(arrays)
     nodes, config, state = s.configure_train(state, node_ids, ctx)
-    acc = s.open(state, ctx); acc = s.add(acc, reply) ...   # fold replies as they arrive
-    arrays, state, metrics = s.close(state, acc, ctx)
+    acc = s.open(state, ctx)
+    acc = s.add(acc, node, reply_arrays, reply_metrics, ctx)    # each reply, as it arrives
+    state, train_metrics, server_metrics = s.close(acc, ctx)    # new arrays in state["params"]
+
+Arrays are split into `groups` by name pattern, each with its own aggregator and server
+optimizer (``None`` keeps a group local: not aggregated, never changed on the server).
 
 Named strategies (`FedAvg`, ...) are functions returning a `Strategy`, never subclasses.
 """
@@ -162,12 +167,14 @@ class Strategy:
     def init(self, arrays: Arrays) -> State:
         groups = self.group_names(arrays)
         aggs, opts = self._aggregators, self._optimizers
+        shared = [n for g, names in groups.items() if aggs[g] is not None for n in names]
         return {
             "params": arrays,
             "select": self.select.init(),
             "aggregate": {g: aggs[g].init(_subset(arrays, n)) for g, n in groups.items() if aggs[g] is not None},
             "optimizer": {g: opts[g].init(_subset(arrays, n)) for g, n in groups.items() if aggs[g] is not None},
-            "transforms": {t.name: t.init(arrays) for t in self.transforms},
+            # transforms see only aggregated arrays (see `add`), so their state covers only those
+            "transforms": {t.name: t.init(_subset(arrays, shared)) for t in self.transforms},
         }
 
     # -- round ------------------------------------------------------------------

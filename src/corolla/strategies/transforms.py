@@ -10,7 +10,8 @@ A transform is frozen config with explicit state::
 `Strategy` runs the per-update halves in order and the aggregate halves in reverse (an onion),
 so a clip and the noise it bounds nest correctly.
 
-Traits (class attributes, read by `Strategy` and the privacy checks before round 1):
+Traits (class attributes; `Strategy` checks ``hides_updates`` against aggregators that need
+individual updates; the others are declared for the privacy checks still to come):
 
 - ``hides_updates``: the server no longer sees individual updates (secure aggregation).
 - ``bounds_norm``: the L2 bound C every update's delta has after this transform, or None.
@@ -121,7 +122,7 @@ class ClipNorm:
     ``clipped`` in its metrics), and the server only checks ``||delta|| <= C * (1 + 1e-6)``,
     rejecting violators as invalid replies.
 
-    Note that the norm spans every array of the reply, including groups a strategy keeps local.
+    The norm spans the arrays the strategy aggregates (groups kept local are left out).
     """
 
     max_norm: Hparam
