@@ -366,8 +366,12 @@ def FedMedian(
 
     `min_train_nodes` defaults to 2 (Flower's default)."""
     return _strategy(
-        Median(memory_budget=memory_budget), fraction_train, min_train_nodes, fraction_evaluate,
-        min_evaluate_nodes, node_config,
+        Median(memory_budget=memory_budget),
+        fraction_train,
+        min_train_nodes,
+        fraction_evaluate,
+        min_evaluate_nodes,
+        node_config,
     )
 
 
@@ -383,8 +387,12 @@ def FedTrimmedAvg(
     """Coordinate-wise trimmed mean, unweighted: cut ``int(beta * n)`` values from each end
     (Yin et al., ICML 2018, arXiv:1803.01498). ``beta`` in [0, 0.5), default 0.2 as Flower."""
     return _strategy(
-        TrimmedMean(beta, memory_budget=memory_budget), fraction_train, min_train_nodes, fraction_evaluate,
-        min_evaluate_nodes, node_config,
+        TrimmedMean(beta, memory_budget=memory_budget),
+        fraction_train,
+        min_train_nodes,
+        fraction_evaluate,
+        min_evaluate_nodes,
+        node_config,
     )
 
 
@@ -405,7 +413,11 @@ def MultiKrum(
     Needs ``2 * num_malicious_nodes + 3`` updates per round; `min_train_nodes` defaults to that."""
     return _strategy(
         KrumSelect(num_malicious_nodes, num_nodes_to_select, memory_budget=memory_budget),
-        fraction_train, min_train_nodes, fraction_evaluate, min_evaluate_nodes, node_config,
+        fraction_train,
+        min_train_nodes,
+        fraction_evaluate,
+        min_evaluate_nodes,
+        node_config,
     )
 
 
@@ -421,8 +433,14 @@ def Krum(
     """Krum (Blanchard et al., NeurIPS 2017, arXiv:1703.02757): the one update whose
     ``n - f - 2`` nearest neighbours are closest. Needs ``2f + 3`` updates per round."""
     return MultiKrum(
-        num_malicious_nodes, 1, fraction_train, min_train_nodes, fraction_evaluate, min_evaluate_nodes,
-        node_config, memory_budget,
+        num_malicious_nodes,
+        1,
+        fraction_train,
+        min_train_nodes,
+        fraction_evaluate,
+        min_evaluate_nodes,
+        node_config,
+        memory_budget,
     )
 
 
@@ -444,7 +462,11 @@ def Bulyan(
     ``"scores"`` (Flower 1.42) or ``"iterative"`` (the paper's repeated Krum)."""
     return _strategy(
         BulyanAggregate(num_malicious_nodes, selection, memory_budget=memory_budget),
-        fraction_train, min_train_nodes, fraction_evaluate, min_evaluate_nodes, node_config,
+        fraction_train,
+        min_train_nodes,
+        fraction_evaluate,
+        min_evaluate_nodes,
+        node_config,
     )
 
 
@@ -464,5 +486,9 @@ def RFA(
     (Not in Flower.)"""
     return _strategy(
         GeometricMedian(max_iter, eps, ftol, memory_budget=memory_budget),
-        fraction_train, min_train_nodes, fraction_evaluate, min_evaluate_nodes, node_config,
+        fraction_train,
+        min_train_nodes,
+        fraction_evaluate,
+        min_evaluate_nodes,
+        node_config,
     )

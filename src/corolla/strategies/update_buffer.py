@@ -42,9 +42,7 @@ def _storage_dtype(arrays: Arrays) -> np.dtype:
     dtypes = {np.asarray(v).dtype for v in arrays.values()}
     for k, v in arrays.items():
         if np.asarray(v).dtype.kind == "c":
-            raise StrategyError(
-                f"array {k!r} is complex; robust aggregators order coordinates and need real arrays"
-            )
+            raise StrategyError(f"array {k!r} is complex; robust aggregators order coordinates and need real arrays")
     return np.dtype(np.float32) if dtypes <= small else np.dtype(np.float64)
 
 
@@ -122,8 +120,11 @@ class UpdateBuffer:
             if a.shape != shape:
                 raise StrategyError(f"node {u.node} sent {k!r} with shape {a.shape}, expected {shape}")
             np.subtract(
-                a.reshape(-1), np.asarray(u.base[k]).reshape(-1), out=row[off : off + a.size],
-                dtype=np.float64, casting="unsafe",
+                a.reshape(-1),
+                np.asarray(u.base[k]).reshape(-1),
+                out=row[off : off + a.size],
+                dtype=np.float64,
+                casting="unsafe",
             )
         self._store(row)
         self._nodes.append(int(u.node))
