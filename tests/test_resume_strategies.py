@@ -5,6 +5,7 @@ their node helpers in test_stateful.py."""
 
 import pytest
 
+from conftest import initial_arrays, noise_app
 from corolla import Rounds, ServerApp, run_simulation
 from corolla.strategies import (
     Bulyan,
@@ -17,8 +18,6 @@ from corolla.strategies import (
     MultiKrum,
     QFedAvg,
 )
-
-from conftest import initial_arrays, noise_app
 
 NODES = 11
 
