@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import initial_arrays, noise_app, simple_server
-from corolla import ClientApp, FedAvg, Rounds, ServerApp, run_simulation
+from corolla import Arrays, ClientApp, FedAvg, Rounds, ServerApp, run_simulation
 from corolla.strategies import StrategyError
 from corolla.workflows import RoundFailed
 
@@ -146,3 +146,18 @@ def test_min_replies_above_cohort_fails_before_round_one():
 
     with pytest.raises(ValueError, match="min_replies=5 exceeds the 2 nodes sampled per round"):
         run(noise_app(), server=ServerApp(server), nodes=4)
+
+
+def test_inline_replies_that_reuse_one_buffer_are_not_mixed_up():
+    shared = {"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)}
+    app = ClientApp()
+
+    @app.train
+    def t(msg, ctx):  # returns views of one model reused by every node, as module-level nets do
+        for k, v in msg.content.arrays.items():
+            shared[k][...] = v + ctx.node_id
+        return msg.reply(arrays=Arrays(shared), metrics={"num-examples": 1})
+
+    server = ServerApp(lambda c: Rounds(FedAvg(fraction_evaluate=0, min_evaluate_nodes=0), initial_arrays()))
+    h = run(app, server=server, nodes=4, rounds=1)
+    assert np.all(h.arrays["w"] == 1.5)  # mean of node ids 0..3

@@ -51,6 +51,7 @@ class InlineGrid:
             reply = run_message(self.app, msg, ctx)
             if reply.error is None:
                 self.states.put(node, ctx.state)
+                reply = reply.with_content(arrays=snapshot(reply.content.arrays))
             yield reply
 
     def close(self) -> None:
@@ -65,3 +66,14 @@ def read_only(arrays: Arrays) -> Arrays:
         view.flags.writeable = False
         out[k] = view
     return out
+
+
+def snapshot(arrays: Arrays) -> Arrays:
+    """Copies of the reply's writable arrays.
+
+    An app may return views of a model it reuses for the next node (``Arrays.from_torch`` on
+    one module-level net); aggregators may read a reply after the next node has run (`Mean`
+    folds a window of replies at once), so each reply is frozen here. The process backend gets
+    the same guarantee from copying replies into shared memory.
+    """
+    return Arrays((k, v.copy() if v.flags.writeable else v) for k, v in arrays.items())

@@ -6,6 +6,7 @@ Memory is O(model), whatever the number of replies.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,8 +46,8 @@ class Mean:
     that stays in cache, and one multiply-add pass (`np.einsum`) sums the rows into the float64
     accumulator. So every update byte is read from memory once, and the accumulator once per
     window instead of once per update. `result` folds the last window straight into the output
-    (``(sum - weight * base) / weight``, cast, in the same block pass): a round that fits in one
-    window never allocates the float64 accumulator at all.
+    (``sum / weight - base``, cast, in the same block pass): a round that fits in one window
+    never allocates the float64 accumulator at all.
 
     Memory: references to at most one window of updates, the accumulator (8 bytes per
     parameter, once a round outgrows a window) and ``(window + 3) * BLOCK`` float64 of staging:
@@ -60,9 +61,9 @@ class Mean:
 
     The fold order is fixed (the rows of an element are summed in `add` order, windows close at
     fixed counts and sizes), so the result is bit-reproducible for a given sequence of updates.
-    It agrees with the plain float64 ``sum(w * x) / sum(w) - base`` to float64 rounding; with
-    integer weights and float32 arrays the sums are even bit-identical (each product is exact),
-    so after the cast to float32 the two practically never differ.
+    It is the plain float64 ``sum(w * x) / sum(w) - base`` but for the division, done as a
+    multiplication by ``1 / sum(w)``; with float32 arrays and integer weights the sums are
+    bit-identical (each product is exact), so after the cast the two practically never differ.
     """
 
     weighted: bool = True
@@ -90,7 +91,7 @@ class Mean:
 
     def add(self, acc: MeanAcc, u: Update) -> MeanAcc:
         w = float(u.weight) if self.weighted else 1.0
-        if not np.isfinite(w) or w < 0:
+        if not math.isfinite(w) or w < 0:
             raise StrategyError(f"node {u.node} sent weight {w}; weights must be finite and >= 0")
         arrays = u.arrays
         spec, nbytes = [], 0
@@ -133,30 +134,35 @@ class Mean:
 
     def _fold(self, acc: MeanAcc, out: Arrays | None) -> None:
         """Fold the pending window into `acc.sums`; with `out` (the last fold), write
-        ``(sums + window - weight * base) / weight`` there instead, in the base's dtypes."""
+        ``(sums + window) / weight - base`` there instead, in the base's dtypes."""
         pending, acc.pending, acc.pending_bytes = acc.pending, [], 0
         if not pending and out is None:
             return
         assert acc.base is not None
+        ws = [w for w, _ in pending]
         for key, shape in acc.spec:
             # the rows of this fold: the folded windows' sum, then the window in add order
+            rows = [a[key].reshape(-1) for _, a in pending]
             s = acc.sums.get(key)
-            rows = [] if s is None else [s]
-            rows += [a[key].reshape(-1) for _, a in pending]
-            w = ([] if s is None else [1.0]) + [w for w, _ in pending]
             if out is None:
                 if s is None:
                     s = acc.sums[key] = np.empty(int(np.prod(shape, dtype=np.int64)), np.float64)
-                _fold_blocks(acc, rows, w, s, None)
+                    _fold_blocks(acc, rows, ws, s, None)
+                else:
+                    _fold_blocks(acc, [s, *rows], [1.0, *ws], s, None)
             else:
                 base = acc.base[key]
                 dst = np.empty(base.shape, base.dtype)
-                _fold_blocks(acc, rows + [base.reshape(-1)], w + [-acc.weight], dst.reshape(-1), 1.0 / acc.weight)
+                rows, ws_k = ([s, *rows], [1.0, *ws]) if s is not None else (rows, ws)
+                _fold_blocks(acc, rows, ws_k, dst.reshape(-1), (1.0 / acc.weight, base.reshape(-1)))
                 out[key] = dst
 
 
-def _fold_blocks(acc: MeanAcc, rows: list[np.ndarray], w: list[float], dst: np.ndarray, scale: float | None) -> None:
-    """``dst = sum_i w[i] * rows[i]`` in float64 (then times `scale`, cast to dst's dtype).
+def _fold_blocks(
+    acc: MeanAcc, rows: list[np.ndarray], w: list[float], dst: np.ndarray, final: tuple[float, np.ndarray] | None
+) -> None:
+    """``dst = sum_i w[i] * rows[i]`` in float64; with ``final = (scale, base)``, then
+    ``dst = (that * scale - base)`` cast to dst's dtype.
 
     In column blocks of `BLOCK` elements: each row's block is widened into a float64 staging
     row (so every source byte is read from memory once), then one multiply-add pass
@@ -164,9 +170,9 @@ def _fold_blocks(acc: MeanAcc, rows: list[np.ndarray], w: list[float], dst: np.n
     all rows. Per element the order is fixed: ``((0 + w0 r0) + w1 r1) + ...``.
     """
     n = len(rows)
-    if acc.scratch is None or acc.scratch.shape[0] < n + 1:
+    if acc.scratch is None or acc.scratch.shape[0] < n + 2:
         longest = max((int(np.prod(shape, dtype=np.int64)) for _, shape in acc.spec), default=1)
-        acc.scratch = np.empty((n + 1, max(1, min(BLOCK, longest))))
+        acc.scratch = np.empty((n + 2, max(1, min(BLOCK, longest))))
     stage = acc.scratch
     block = stage.shape[1]
     wv = np.array(w, np.float64)
@@ -175,12 +181,14 @@ def _fold_blocks(acc: MeanAcc, rows: list[np.ndarray], w: list[float], dst: np.n
         y = stage[:n, : hi - lo]
         for j, r in enumerate(rows):
             np.copyto(y[j], r[lo:hi])
-        if scale is None:
+        if final is None:
             np.einsum("i,ij->j", wv, y, out=dst[lo:hi])
         else:
-            t = stage[n, : hi - lo]
+            t, b = stage[n, : hi - lo], stage[n + 1, : hi - lo]
             np.einsum("i,ij->j", wv, y, out=t)
-            np.multiply(t, scale, out=t)
+            np.multiply(t, final[0], out=t)
+            np.copyto(b, final[1][lo:hi])
+            np.subtract(t, b, out=t)
             np.copyto(dst[lo:hi], t, casting="unsafe")  # (a casting multiply is ~5x slower)
 
 
