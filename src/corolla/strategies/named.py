@@ -36,8 +36,10 @@ _SELECTION_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _compose(name: str, optimizer: Any, selection: Mapping[str, Any]) -> Strategy:
-    """Uniform selection + weighted `Mean` + `optimizer`: the pieces the named strategies share."""
+def _compose(name: str, optimizer: Any, selection: Mapping[str, Any], aggregate: Any = None) -> Strategy:
+    """Uniform selection + `aggregate` (default: weighted `Mean`) + `optimizer`: the pieces the
+    named strategies share. Without `min_train_nodes`, as many nodes as the aggregator needs
+    (at least 2) are sampled."""
     unknown = sorted(set(selection) - set(_SELECTION_DEFAULTS))
     if unknown:
         hint = "; the nodes' learning rate goes in node_config" if "eta_l" in unknown else ""
@@ -45,7 +47,9 @@ def _compose(name: str, optimizer: Any, selection: Mapping[str, Any]) -> Strateg
             f"{name}() got unexpected keyword argument(s) {unknown}; it takes its own hyper-parameters "
             f"and the selection keywords {list(_SELECTION_DEFAULTS)}{hint}"
         )
-    s = {**_SELECTION_DEFAULTS, **selection}
+    aggregate = Mean() if aggregate is None else aggregate
+    need = max(2, int(getattr(aggregate, "min_updates", lambda: 1)()))
+    s = {**_SELECTION_DEFAULTS, "min_train_nodes": need, **selection}
     evaluate = (
         None
         if s["fraction_evaluate"] == 0 and s["min_evaluate_nodes"] == 0
@@ -53,7 +57,7 @@ def _compose(name: str, optimizer: Any, selection: Mapping[str, Any]) -> Strateg
     )
     return Strategy(
         select=Uniform(s["fraction_train"], s["min_train_nodes"]),
-        aggregate=Mean(),
+        aggregate=aggregate,
         optimizer=optimizer,
         node_config=dict(s["node_config"] or {}),
         select_evaluate=evaluate,

@@ -33,15 +33,14 @@ float rounding). Updates are processed in node-id order, not arrival order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Unpack
 
 import numpy as np
 
 from ..records import Arrays, Metrics
-from .base import Hparam, RoundCtx, State, StrategyError, Update
-from .selectors import Uniform
+from .base import RoundCtx, State, StrategyError, Update
+from .named import Selection, _compose
 from .server_optimizers import SGD
 from .strategy import Strategy
 from .update_buffer import DEFAULT_MEMORY_BUDGET, UpdateBuffer
@@ -330,129 +329,49 @@ class GeometricMedian(_Buffered):
 # -- named strategies ----------------------------------------------------------------
 
 
-def _strategy(
-    aggregate: Any,
-    fraction_train: float,
-    min_train_nodes: int | None,
-    fraction_evaluate: float,
-    min_evaluate_nodes: int,
-    node_config: Mapping[str, Hparam] | None,
-) -> Strategy:
-    need = max(2, aggregate.min_updates())
-    evaluate = (
-        None
-        if fraction_evaluate == 0 and min_evaluate_nodes == 0
-        else Uniform(fraction_evaluate, min_evaluate_nodes, purpose="select-evaluate")
-    )
-    return Strategy(
-        select=Uniform(fraction_train, need if min_train_nodes is None else min_train_nodes),
-        aggregate=aggregate,
-        optimizer=SGD(lr=1.0),
-        node_config=dict(node_config or {}),
-        select_evaluate=evaluate,
-    )
-
-
-def FedMedian(
-    fraction_train: float = 1.0,
-    min_train_nodes: int | None = None,
-    fraction_evaluate: float = 1.0,
-    min_evaluate_nodes: int = 2,
-    node_config: Mapping[str, Hparam] | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-) -> Strategy:
-    """Coordinate-wise median of the nodes' models, unweighted (Yin et al., "Byzantine-Robust
-    Distributed Learning: Towards Optimal Statistical Rates", ICML 2018, arXiv:1803.01498).
-
-    `min_train_nodes` defaults to 2 (Flower's default)."""
-    return _strategy(
-        Median(memory_budget=memory_budget),
-        fraction_train,
-        min_train_nodes,
-        fraction_evaluate,
-        min_evaluate_nodes,
-        node_config,
-    )
+def FedMedian(memory_budget: int = DEFAULT_MEMORY_BUDGET, **selection: Unpack[Selection]) -> Strategy:
+    """Coordinate-wise median, unweighted (Yin et al., "Byzantine-Robust Distributed Learning:
+    Towards Optimal Statistical Rates", ICML 2018, arXiv:1803.01498). Selection keywords as
+    `FedAvg`; `min_train_nodes` defaults to 2 (Flower's default)."""
+    return _compose("FedMedian", SGD(lr=1.0), selection, Median(memory_budget=memory_budget))
 
 
 def FedTrimmedAvg(
-    beta: float = 0.2,
-    fraction_train: float = 1.0,
-    min_train_nodes: int | None = None,
-    fraction_evaluate: float = 1.0,
-    min_evaluate_nodes: int = 2,
-    node_config: Mapping[str, Hparam] | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    beta: float = 0.2, memory_budget: int = DEFAULT_MEMORY_BUDGET, **selection: Unpack[Selection]
 ) -> Strategy:
     """Coordinate-wise trimmed mean, unweighted: cut ``int(beta * n)`` values from each end
     (Yin et al., ICML 2018, arXiv:1803.01498). ``beta`` in [0, 0.5), default 0.2 as Flower."""
-    return _strategy(
-        TrimmedMean(beta, memory_budget=memory_budget),
-        fraction_train,
-        min_train_nodes,
-        fraction_evaluate,
-        min_evaluate_nodes,
-        node_config,
-    )
+    return _compose("FedTrimmedAvg", SGD(lr=1.0), selection, TrimmedMean(beta, memory_budget=memory_budget))
 
 
 def MultiKrum(
     num_malicious_nodes: int = 0,
     num_nodes_to_select: int = 1,
-    fraction_train: float = 1.0,
-    min_train_nodes: int | None = None,
-    fraction_evaluate: float = 1.0,
-    min_evaluate_nodes: int = 2,
-    node_config: Mapping[str, Hparam] | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    **selection: Unpack[Selection],
 ) -> Strategy:
     """Multi-Krum (Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant
     Gradient Descent", NeurIPS 2017, arXiv:1703.02757): the weighted (num-examples) mean of the
     `num_nodes_to_select` updates with the lowest Krum scores.
 
     Needs ``2 * num_malicious_nodes + 3`` updates per round; `min_train_nodes` defaults to that."""
-    return _strategy(
-        KrumSelect(num_malicious_nodes, num_nodes_to_select, memory_budget=memory_budget),
-        fraction_train,
-        min_train_nodes,
-        fraction_evaluate,
-        min_evaluate_nodes,
-        node_config,
-    )
+    aggregate = KrumSelect(num_malicious_nodes, num_nodes_to_select, memory_budget=memory_budget)
+    return _compose("MultiKrum", SGD(lr=1.0), selection, aggregate)
 
 
 def Krum(
-    num_malicious_nodes: int = 0,
-    fraction_train: float = 1.0,
-    min_train_nodes: int | None = None,
-    fraction_evaluate: float = 1.0,
-    min_evaluate_nodes: int = 2,
-    node_config: Mapping[str, Hparam] | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    num_malicious_nodes: int = 0, memory_budget: int = DEFAULT_MEMORY_BUDGET, **selection: Unpack[Selection]
 ) -> Strategy:
     """Krum (Blanchard et al., NeurIPS 2017, arXiv:1703.02757): the one update whose
     ``n - f - 2`` nearest neighbours are closest. Needs ``2f + 3`` updates per round."""
-    return MultiKrum(
-        num_malicious_nodes,
-        1,
-        fraction_train,
-        min_train_nodes,
-        fraction_evaluate,
-        min_evaluate_nodes,
-        node_config,
-        memory_budget,
-    )
+    return MultiKrum(num_malicious_nodes, 1, memory_budget, **selection)
 
 
 def Bulyan(
     num_malicious_nodes: int = 0,
-    fraction_train: float = 1.0,
-    min_train_nodes: int | None = None,
-    fraction_evaluate: float = 1.0,
-    min_evaluate_nodes: int = 2,
-    node_config: Mapping[str, Hparam] | None = None,
     selection: str = "scores",
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    **sel: Unpack[Selection],
 ) -> Strategy:
     """Bulyan (El Mhamdi, Guerraoui and Rouault, "The Hidden Vulnerability of Distributed
     Learning in Byzantium", ICML 2018, arXiv:1802.07927): Krum-select ``n - 2f`` updates, then
@@ -460,35 +379,18 @@ def Bulyan(
 
     Needs ``4f + 3`` updates per round (a short round fails; Flower skips it). ``selection``:
     ``"scores"`` (Flower 1.42) or ``"iterative"`` (the paper's repeated Krum)."""
-    return _strategy(
-        BulyanAggregate(num_malicious_nodes, selection, memory_budget=memory_budget),
-        fraction_train,
-        min_train_nodes,
-        fraction_evaluate,
-        min_evaluate_nodes,
-        node_config,
-    )
+    aggregate = BulyanAggregate(num_malicious_nodes, selection, memory_budget=memory_budget)
+    return _compose("Bulyan", SGD(lr=1.0), sel, aggregate)
 
 
 def RFA(
     max_iter: int = 100,
     eps: float = 1e-6,
     ftol: float = 1e-8,
-    fraction_train: float = 1.0,
-    min_train_nodes: int | None = None,
-    fraction_evaluate: float = 1.0,
-    min_evaluate_nodes: int = 2,
-    node_config: Mapping[str, Hparam] | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    **selection: Unpack[Selection],
 ) -> Strategy:
     """Robust Federated Aggregation (Pillutla, Kakade and Harchaoui, IEEE TSP 2022,
     arXiv:1912.13445): the weighted geometric median of the updates by smoothed Weiszfeld.
     (Not in Flower.)"""
-    return _strategy(
-        GeometricMedian(max_iter, eps, ftol, memory_budget=memory_budget),
-        fraction_train,
-        min_train_nodes,
-        fraction_evaluate,
-        min_evaluate_nodes,
-        node_config,
-    )
+    return _compose("RFA", SGD(lr=1.0), selection, GeometricMedian(max_iter, eps, ftol, memory_budget=memory_budget))
