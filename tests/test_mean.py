@@ -44,15 +44,16 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(agg, "BLOCK", 64)
 
 
+@pytest.mark.parametrize("hot_below", [0, 1 << 30])  # windowed fold, and folding each update as it arrives
 @pytest.mark.parametrize("window", [1, 3, 16])
 @pytest.mark.parametrize("weighted", [True, False])
 @pytest.mark.parametrize("n", [1, 5, 40])
-def test_matches_float64_reference(small_blocks, window, weighted, n):
+def test_matches_float64_reference(small_blocks, window, weighted, n, hot_below):
     rng = np.random.default_rng(n)
     updates = model(rng, n)
     base = Arrays({k: (0.5 * v).astype(np.float32) for k, v in model(rng)[0].items()})
     weights = [int(x) for x in rng.integers(1, 1000, size=n)]
-    out, _, metrics = run(Mean(weighted=weighted, window=window), updates, base, weights)
+    out, _, metrics = run(Mean(weighted=weighted, window=window, hot_below=hot_below), updates, base, weights)
     ref = reference(updates, base, weights if weighted else [1.0] * n)
     for k in base:
         assert out[k].dtype == np.float32 and out[k].shape == base[k].shape
@@ -121,7 +122,7 @@ def test_window_is_folded_at_result(small_blocks):
     rng = np.random.default_rng(0)
     updates = model(rng, 6)
     base = model(rng)[0]
-    m = Mean(window=16)
+    m = Mean(window=16, hot_below=0)
     acc = m.open({}, ctx())
     for i, u in enumerate(updates):
         m.add(acc, Update(i, u, base, 2.0))
@@ -137,7 +138,7 @@ def test_more_updates_than_the_window(small_blocks):
     rng = np.random.default_rng(1)
     updates = model(rng, 50)
     base = model(rng)[0]
-    m = Mean(window=8)
+    m = Mean(window=8, hot_below=0)
     acc = m.open({}, ctx())
     for i, u in enumerate(updates):
         m.add(acc, Update(i, u, base, float(i + 1)))
@@ -153,7 +154,7 @@ def test_window_bytes_bounds_the_window():
     rng = np.random.default_rng(2)
     updates = model(rng, 10, shapes={"w": (1000,)})  # 4000 bytes each
     base = Arrays({"w": np.zeros(1000, np.float32)})
-    m = Mean(window=16, window_bytes=10_000)
+    m = Mean(window=16, window_bytes=10_000, hot_below=0)
     acc = m.open({}, ctx())
     for i, u in enumerate(updates):
         m.add(acc, Update(i, u, base, 1.0))
@@ -165,7 +166,7 @@ def test_window_bytes_bounds_the_window():
 def test_updates_beyond_the_window_are_released(small_blocks):
     """Memory stays O(window x model): folded updates are not referenced any more."""
     base = Arrays({"w": np.zeros(200, np.float32)})
-    m = Mean(window=4)
+    m = Mean(window=4, hot_below=0)
     acc = m.open({}, ctx())
     refs = []
     for i in range(20):
@@ -243,3 +244,12 @@ def test_side_statistics_and_config_validation():
         with pytest.raises(StrategyError):
             Mean(**bad)
     assert Mean() == Mean() and Mean(window=4) != Mean()
+
+
+def test_small_models_fold_each_update_as_it_arrives():
+    rng = np.random.default_rng(0)
+    updates, base = model(rng, 3), Arrays({"w": np.zeros((37, 11), np.float32), "b": np.zeros(11, np.float32)})
+    m = Mean()  # 418 parameters: far below hot_below
+    acc = m.open({}, ctx())
+    m.add(acc, Update(0, updates[0], base, 2.0))
+    assert acc.hot and acc.pending == [] and set(acc.sums) == {"w", "b"}  # nothing held back

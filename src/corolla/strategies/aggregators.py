@@ -31,6 +31,8 @@ class MeanAcc:
     side: dict[str, Any] = field(default_factory=dict)
     spec: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (name, shape) of every array, from the first update
     scratch: np.ndarray | None = None  # float64 staging rows, reused by every fold of the round
+    hot: bool = False  # fold each update as it arrives (the accumulator fits in cache)
+    tmp: dict[str, np.ndarray] = field(default_factory=dict)  # float64 scratch of the hot path
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,13 @@ class Mean:
     window instead of once per update. `result` folds the last window straight into the output
     (``sum / weight - base``, cast, in the same block pass): a round that fits in one window
     never allocates the float64 accumulator at all.
+
+    **Hot fold.** When the float64 accumulator is smaller than `hot_below` (16 MiB: two
+    million parameters) it stays in cache anyway, and each update is folded the moment it
+    arrives, while the reply is still in cache too (a simulation worker has just written it).
+    That is faster than holding replies for a window: measured on the 2-core machine, 1000
+    replies of 1e6 parameters through the process backend took ~10 % longer per round with the
+    window.
 
     Memory: references to at most one window of updates, the accumulator (8 bytes per
     parameter, once a round outgrows a window) and ``(window + 3) * BLOCK`` float64 of staging:
@@ -71,6 +80,8 @@ class Mean:
     window: int = 16
     #: ... or fewer, once their arrays reach this many bytes (see the class docstring)
     window_bytes: int = 384 << 20
+    #: below this many bytes of float64 accumulator, fold each update as it arrives instead
+    hot_below: int = 16 << 20
     #: trait: result is a function of the sum of per-update encodings (so it can stream, or sit on a secure sum)
     linear = True
 
@@ -101,12 +112,26 @@ class Mean:
             nbytes += v.nbytes
         if acc.base is None:
             acc.base, acc.spec = u.base, tuple(spec)
+            params = sum(int(np.prod(shape, dtype=np.int64)) for _, shape in spec)
+            acc.hot = params * 8 < self.hot_below and all(arrays[k].dtype.kind in "fiub" for k in arrays)
         elif tuple(spec) != acc.spec:
             raise StrategyError(f"node {u.node} sent arrays {dict(spec)}; the first update had {dict(acc.spec)}")
         for k, v in u.side.items():
             acc.side[k] = acc.side.get(k, 0.0) + w * np.asarray(v, np.float64)
         acc.weight += w
         acc.count += 1
+        if acc.hot:
+            for k in arrays:
+                s = acc.sums.get(k)
+                if s is None:
+                    s = acc.sums[k] = np.zeros(arrays[k].size, np.float64)
+                    acc.tmp[k] = np.empty(arrays[k].size, np.float64)
+                tmp = acc.tmp[k]
+                np.copyto(tmp, arrays[k].reshape(-1))  # a widening copy is ~1.6x faster than a casting multiply
+                if w != 1.0:
+                    np.multiply(tmp, w, out=tmp)
+                np.add(s, tmp, out=s)
+            return acc
         acc.pending.append((w, arrays))
         acc.pending_bytes += nbytes
         if len(acc.pending) >= self.window or acc.pending_bytes >= self.window_bytes:
@@ -125,6 +150,7 @@ class Mean:
         out = Arrays()
         self._fold(acc, out)
         acc.sums.clear()
+        acc.tmp.clear()
         acc.scratch = None
         metrics: Metrics = {"num-updates": acc.count, "weight-sum": acc.weight}
         for k, v in acc.side.items():  # side statistics (e.g. a clipped bit) as weighted sums
