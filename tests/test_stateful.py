@@ -242,3 +242,9 @@ def test_fedprox_stragglers_small():
     assert prox["accuracy"][-1] > avg["accuracy"][-1]
     rows = fp.summarize([avg, prox], last=3)
     assert "| 90% | FedAvg |" in fp.markdown(rows, last=3)
+
+
+@pytest.mark.parametrize("make, key, arg", [(FedDyn, "feddyn-alpha", "alpha"), (Ditto, "ditto-lambda", "lam")])
+def test_own_node_config_keys_cannot_be_overridden(make, key, arg):
+    with pytest.raises(StrategyError, match=f"pass {arg}="):
+        make(node_config={key: 1.0})

@@ -36,10 +36,18 @@ _SELECTION_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _compose(name: str, optimizer: Any, selection: Mapping[str, Any], aggregate: Any = None) -> Strategy:
+def _compose(
+    name: str,
+    optimizer: Any,
+    selection: Mapping[str, Any],
+    aggregate: Any = None,
+    sends: Mapping[str, tuple[str, Hparam]] | None = None,
+) -> Strategy:
     """Uniform selection + `aggregate` (default: weighted `Mean`) + `optimizer`: the pieces the
     named strategies share. Without `min_train_nodes`, as many nodes as the aggregator needs
-    (at least 2) are sampled."""
+    (at least 2) are sampled. `sends` maps the strategy's own node_config keys to (argument,
+    value), e.g. ``{"proximal-mu": ("proximal_mu", 0.1)}``; a user node_config that sets one
+    of them is refused, naming the argument, instead of silently overriding it."""
     unknown = sorted(set(selection) - set(_SELECTION_DEFAULTS))
     if unknown:
         hint = "; the nodes' learning rate goes in node_config" if "eta_l" in unknown else ""
@@ -50,6 +58,11 @@ def _compose(name: str, optimizer: Any, selection: Mapping[str, Any], aggregate:
     aggregate = Mean() if aggregate is None else aggregate
     need = max(2, int(getattr(aggregate, "min_updates", lambda: 1)()))
     s = {**_SELECTION_DEFAULTS, "min_train_nodes": need, **selection}
+    node_config = dict(s["node_config"] or {})
+    clash = sorted(set(node_config) & set(sends or {}))
+    if clash:
+        args = ", ".join(f"{sends[k][0]}=..." for k in clash)  # type: ignore[index]
+        raise StrategyError(f"{name} sets node_config {clash} itself; pass {args} instead")
     evaluate = (
         None
         if s["fraction_evaluate"] == 0 and s["min_evaluate_nodes"] == 0
@@ -59,7 +72,7 @@ def _compose(name: str, optimizer: Any, selection: Mapping[str, Any], aggregate:
         select=Uniform(s["fraction_train"], s["min_train_nodes"]),
         aggregate=aggregate,
         optimizer=optimizer,
-        node_config=dict(s["node_config"] or {}),
+        node_config={**node_config, **{k: v for k, (_, v) in (sends or {}).items()}},
         select_evaluate=evaluate,
     )
 
@@ -102,10 +115,7 @@ def FedProx(proximal_mu: Hparam = 0.0, **selection: Unpack[Selection]) -> Strate
     Sends ``"proximal-mu"`` in every train config; the node minimises loss + mu/2 ||w - w_global||^2
     (see the node helper). ``proximal_mu=0`` (Flower 1.42's default) is FedAvg.
     """
-    node_config = dict(selection.get("node_config") or {})
-    if "proximal-mu" in node_config:
-        raise StrategyError("FedProx sets node_config['proximal-mu'] itself; pass proximal_mu=... instead")
-    return _compose("FedProx", SGD(lr=1.0), {**selection, "node_config": {**node_config, "proximal-mu": proximal_mu}})
+    return _compose("FedProx", SGD(lr=1.0), selection, sends={"proximal-mu": ("proximal_mu", proximal_mu)})
 
 
 def FedAdagrad(eta: Hparam = 1e-1, tau: Hparam = 1e-3, **selection: Unpack[Selection]) -> Strategy:

@@ -19,9 +19,8 @@ The parts these compositions need and the generic parts lack:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
@@ -29,7 +28,7 @@ from ..client.helpers.names import LOCAL_STEPS, SCAFFOLD_PREFIX, model_arrays, s
 from ..records import Arrays, Config, Metrics
 from .aggregators import Mean, MeanAcc
 from .base import Hparam, RoundCtx, State, StrategyError, Update, resolve
-from .selectors import Uniform
+from .named import Selection, _compose
 from .server_optimizers import SGD
 from .strategy import InvalidReply, Strategy
 
@@ -51,12 +50,6 @@ __all__ = [
 
 
 # -- shared pieces -------------------------------------------------------------------------
-
-
-def _evaluate_selector(fraction: float, min_nodes: int) -> Uniform | None:
-    if fraction == 0 and min_nodes == 0:
-        return None
-    return Uniform(fraction, min_nodes, purpose="select-evaluate")
 
 
 def _floating(a: np.ndarray) -> bool:
@@ -86,14 +79,7 @@ class CohortFractionSGD:
 # -- SCAFFOLD --------------------------------------------------------------------------------
 
 
-def SCAFFOLD(
-    eta_g: Hparam = 1.0,
-    fraction_train: float = 1.0,
-    min_train_nodes: int = 2,
-    fraction_evaluate: float = 1.0,
-    min_evaluate_nodes: int = 2,
-    node_config: Mapping[str, Hparam] | None = None,
-) -> Strategy:
+def SCAFFOLD(eta_g: Hparam = 1.0, **selection: Unpack[Selection]) -> Strategy:
     """SCAFFOLD (Karimireddy et al., ICML 2020, arXiv 1910.06378), Algorithm 1.
 
     The global arrays are the model x followed by the server control variate c (start from
@@ -102,14 +88,12 @@ def SCAFFOLD(
     (`ScaffoldCorrection`, option II), so the update of those arrays is dc_i. Both means are
     unweighted: ``x += eta_g * mean(y_i - x)`` and ``c += |S|/N * mean(dc_i)``.
     """
-    select = Uniform(fraction_train, min_train_nodes)
-    return Strategy(
-        select=select,
+    base = _compose("SCAFFOLD", SGD(lr=eta_g), selection, Mean(weighted=False))
+    return replace(
+        base,
         groups={"scaffold": SCAFFOLD_PREFIX + "*", "model": "*"},
         aggregate={"scaffold": Mean(weighted=False), "model": Mean(weighted=False)},
-        optimizer={"scaffold": CohortFractionSGD(select), "model": SGD(lr=eta_g)},
-        node_config=dict(node_config or {}),
-        select_evaluate=_evaluate_selector(fraction_evaluate, min_evaluate_nodes),
+        optimizer={"scaffold": CohortFractionSGD(base.select), "model": SGD(lr=eta_g)},
     )
 
 
@@ -183,28 +167,15 @@ class SideScaledMean:
         return scaled, state, {**metrics, f"{self.side}-eff": scale}
 
 
-def FedNova(
-    eta_g: Hparam = 1.0,
-    fraction_train: float = 1.0,
-    min_train_nodes: int = 2,
-    fraction_evaluate: float = 1.0,
-    min_evaluate_nodes: int = 2,
-    node_config: Mapping[str, Hparam] | None = None,
-) -> Strategy:
+def FedNova(eta_g: Hparam = 1.0, **selection: Unpack[Selection]) -> Strategy:
     """FedNova (Wang et al., NeurIPS 2020, arXiv 2007.07481), normalized averaging, eq. (6)-(7).
 
     Node k reports tau_k as the train metric ``local-steps`` and its data count n_k as
     ``num-examples``, so p_k = n_k / n. The server computes
     ``x += eta_g * tau_eff * sum_k p_k (y_k - x) / tau_k`` with ``tau_eff = sum_k p_k tau_k``.
     """
-    return Strategy(
-        select=Uniform(fraction_train, min_train_nodes),
-        transforms=(NormalizeBySteps(),),
-        aggregate=SideScaledMean("tau"),
-        optimizer=SGD(lr=eta_g),
-        node_config=dict(node_config or {}),
-        select_evaluate=_evaluate_selector(fraction_evaluate, min_evaluate_nodes),
-    )
+    base = _compose("FedNova", SGD(lr=eta_g), selection, SideScaledMean("tau"))
+    return replace(base, transforms=(NormalizeBySteps(),))
 
 
 # -- FedDyn ----------------------------------------------------------------------------------
@@ -253,14 +224,7 @@ class FedDynCorrection:
         return out, {**state, "h": h}, {"h-norm": norm}
 
 
-def FedDyn(
-    alpha: float = 0.01,
-    fraction_train: float = 1.0,
-    min_train_nodes: int = 2,
-    fraction_evaluate: float = 1.0,
-    min_evaluate_nodes: int = 2,
-    node_config: Mapping[str, Hparam] | None = None,
-) -> Strategy:
+def FedDyn(alpha: float = 0.01, **selection: Unpack[Selection]) -> Strategy:
     """FedDyn (Acar et al., ICLR 2021, arXiv 2111.04263), Algorithm 1.
 
     Node k minimizes ``L_k(theta) - <g_k, theta> + alpha/2 ||theta - theta_prev||^2``. It then
@@ -268,28 +232,14 @@ def FedDyn(
     ``Context.state``). The server keeps h and sets ``theta = mean(theta_k) - h/alpha``
     (`FedDynCorrection`). alpha is sent to the nodes as ``feddyn-alpha``.
     """
-    select = Uniform(fraction_train, min_train_nodes)
-    return Strategy(
-        select=select,
-        transforms=(FedDynCorrection(alpha, select),),
-        aggregate=Mean(weighted=False),
-        optimizer=SGD(lr=1.0),
-        node_config={"feddyn-alpha": alpha, **(node_config or {})},
-        select_evaluate=_evaluate_selector(fraction_evaluate, min_evaluate_nodes),
-    )
+    base = _compose("FedDyn", SGD(lr=1.0), selection, Mean(weighted=False), sends={"feddyn-alpha": ("alpha", alpha)})
+    return replace(base, transforms=(FedDynCorrection(alpha, base.select),))
 
 
 # -- Ditto -----------------------------------------------------------------------------------
 
 
-def Ditto(
-    lam: Hparam = 0.1,
-    fraction_train: float = 1.0,
-    min_train_nodes: int = 2,
-    fraction_evaluate: float = 1.0,
-    min_evaluate_nodes: int = 2,
-    node_config: Mapping[str, Hparam] | None = None,
-) -> Strategy:
+def Ditto(lam: Hparam = 0.1, **selection: Unpack[Selection]) -> Strategy:
     """Ditto (Li, Hu, Beirami, Smith, ICML 2021, arXiv 2012.04221), Algorithm 1.
 
     The server side is FedAvg on the global model w. Each node also keeps a personal model
@@ -297,10 +247,4 @@ def Ditto(
     where w^t is the global model it received, and reports the personal model's metrics on
     evaluate. lam is sent to the nodes as ``ditto-lambda``.
     """
-    return Strategy(
-        select=Uniform(fraction_train, min_train_nodes),
-        aggregate=Mean(),
-        optimizer=SGD(lr=1.0),
-        node_config={"ditto-lambda": lam, **(node_config or {})},
-        select_evaluate=_evaluate_selector(fraction_evaluate, min_evaluate_nodes),
-    )
+    return _compose("Ditto", SGD(lr=1.0), selection, sends={"ditto-lambda": ("lam", lam)})
