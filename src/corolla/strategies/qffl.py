@@ -19,15 +19,14 @@ applies it. ``q = 0`` gives ``h_k = L`` and the unweighted mean of the models.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Unpack
 
 import numpy as np
 
 from ..records import Arrays, Config, Metrics
-from .aggregators import Mean
 from .base import Hparam, RoundCtx, State, StrategyError, Update, resolve
-from .selectors import Uniform
+from .named import Selection, _compose
 from .server_optimizers import SGD
 from .strategy import InvalidReply, Strategy
 
@@ -99,30 +98,12 @@ class QFFL:
 
 
 def QFedAvg(
-    client_learning_rate: Hparam,
-    q: Hparam = 0.1,
-    loss_key: str = "train-loss",
-    fraction_train: float = 1.0,
-    min_train_nodes: int = 2,
-    fraction_evaluate: float = 1.0,
-    min_evaluate_nodes: int = 2,
-    node_config: Mapping[str, Hparam] | None = None,
+    client_learning_rate: Hparam, q: Hparam = 0.1, loss_key: str = "train-loss", **selection: Unpack[Selection]
 ) -> Strategy:
     """q-FedAvg (Li et al., "Fair Resource Allocation in Federated Learning", ICLR 2020,
     arXiv:1905.10497): nodes with higher loss get more weight; ``q = 0`` is an unweighted mean.
 
     Defaults as Flower 1.42 (``q = 0.1``, `client_learning_rate` required), except that the
     loss is read from ``"train-loss"`` (corolla's convention; Flower: ``"train_loss"``)."""
-    evaluate = (
-        None
-        if fraction_evaluate == 0 and min_evaluate_nodes == 0
-        else Uniform(fraction_evaluate, min_evaluate_nodes, purpose="select-evaluate")
-    )
-    return Strategy(
-        select=Uniform(fraction_train, min_train_nodes),
-        transforms=(QFFL(client_learning_rate, q, loss_key),),
-        aggregate=Mean(),
-        optimizer=SGD(lr=1.0),
-        node_config=dict(node_config or {}),
-        select_evaluate=evaluate,
-    )
+    base = _compose("QFedAvg", SGD(lr=1.0), selection)
+    return replace(base, transforms=(QFFL(client_learning_rate, q, loss_key),))
