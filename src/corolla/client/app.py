@@ -20,6 +20,7 @@ Middleware ("mods") wrap every handler: ``mod(msg, ctx, call_next) -> reply``.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -147,3 +148,21 @@ class Client:
 
     def evaluate(self, arrays: Arrays, config: Config) -> tuple[float, int, Metrics]:
         raise ClientAppError(f"{type(self).__name__} does not implement evaluate(arrays, config)")
+
+
+def run_message(app: ClientApp, msg: Message, ctx: Context) -> Message:
+    """Run one message through the app; an exception becomes an error reply with its traceback."""
+    try:
+        reply = app(msg, ctx)
+    except BaseException as e:  # noqa: BLE001 - a node's failure must never take the runtime down
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        tb = traceback.format_exc()
+        reply = msg.error_reply("exception", f"{type(e).__name__}: {e}\n{tb}")
+    # the runtime, not the app, decides the routing metadata
+    reply.metadata.src = msg.metadata.dst
+    reply.metadata.dst = msg.metadata.src
+    reply.metadata.reply_to = msg.metadata.message_id
+    reply.metadata.run_id = msg.metadata.run_id
+    reply.metadata.round = msg.metadata.round
+    return reply

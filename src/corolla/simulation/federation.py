@@ -11,7 +11,6 @@ They join the node's `Context.node_config` and are what selectors see through
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -19,7 +18,6 @@ from typing import Any, Union
 from ..client.app import ClientApp
 from ..client.context import Context
 from ..grid import NodeRange
-from ..message import Message
 from ..records import Config
 
 #: node_id -> properties, or a table {property: value | list of values cycled by node id}
@@ -120,24 +118,6 @@ class NodeStates:
 
     def __len__(self) -> int:
         return len(self._states)
-
-
-def run_message(app: ClientApp, msg: Message, ctx: Context) -> Message:
-    """Run one message through the app; an exception becomes an error reply with its traceback."""
-    try:
-        reply = app(msg, ctx)
-    except BaseException as e:  # noqa: BLE001 - a node's failure must never take the runtime down
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        tb = traceback.format_exc()
-        reply = msg.error_reply("exception", f"{type(e).__name__}: {e}\n{tb}")
-    # the runtime, not the app, decides the routing metadata
-    reply.metadata.src = msg.metadata.dst
-    reply.metadata.dst = msg.metadata.src
-    reply.metadata.reply_to = msg.metadata.message_id
-    reply.metadata.run_id = msg.metadata.run_id
-    reply.metadata.round = msg.metadata.round
-    return reply
 
 
 AppLoader = Callable[[], ClientApp]

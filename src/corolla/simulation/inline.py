@@ -9,11 +9,11 @@ import copy
 import time
 from collections.abc import Iterator, Sequence
 
-from ..client.app import ClientApp
+from ..client.app import ClientApp, run_message
 from ..grid import NodeRange, timeout_reply
 from ..message import Message
 from ..records import Arrays
-from .federation import Federation, NodeStates, run_message
+from .federation import Federation, NodeStates
 
 
 class InlineGrid:

@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from ..client.app import ClientApp
+from ..client.app import ClientApp, run_message
 from ..message import Content, Message, Metadata
 from ..records import Arrays
 from . import shm
-from .federation import Federation, run_message
+from .federation import Federation
 from .wire import (
     FLUSH_SIGNAL,
     READ_SIZE,

@@ -1,0 +1,76 @@
+"""The gRPC side of a corolla stream: method names, channel and server options, malloc tuning.
+
+Every stream message is raw bytes (no serializer): a serialized frame or a raw array chunk
+(see ``proto/corolla/v1/corolla.proto``). The settings follow what was measured on grpcio
+(shared/reference/grpc-probe.md): raw-bytes messages of about 1 MiB, glibc malloc thresholds
+raised in every process, message-size limits set just above the largest chunk, HTTP/2 options
+left alone but for keepalive (so a dead peer is noticed within seconds).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from typing import Any
+
+NODE_METHOD = "/corolla.v1.Coordinator/Node"
+DRIVER_METHOD = "/corolla.v1.Coordinator/Driver"
+
+#: room above the largest chunk for a frame's own bytes
+FRAME_MARGIN = 64 << 10
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_tuned: bool | None = None
+
+
+def tune_malloc() -> bool:
+    """Raise glibc's mmap (32 MiB) and trim (256 MiB) thresholds, both together.
+
+    Each received chunk is a fresh ``bytes`` object; with glibc's defaults its pages go back to
+    the kernel and fault in again for the next one, which halves gRPC throughput. Setting only
+    one of the two thresholds is worse than neither. A no-op (False) off glibc.
+    """
+    global _tuned
+    if _tuned is not None:
+        return _tuned
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        _tuned = False
+        return False
+    _tuned = bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 256 << 20))
+    return _tuned
+
+
+def _keepalive(heartbeat_s: float) -> list[tuple[str, Any]]:
+    ms = max(1000, int(heartbeat_s * 1000))
+    return [
+        ("grpc.keepalive_time_ms", ms * 5),
+        ("grpc.keepalive_timeout_ms", ms * 5),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def server_options(max_chunk: int, heartbeat_s: float = 2.0) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", max_chunk + FRAME_MARGIN),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.so_reuseport", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+        *_keepalive(heartbeat_s),
+    ]
+
+
+def channel_options(max_chunk: int, heartbeat_s: float = 2.0) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", max_chunk + FRAME_MARGIN),
+        ("grpc.max_send_message_length", -1),
+        # reconnect quickly after a coordinator restart; corolla's own loop adds the backoff
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+        *_keepalive(heartbeat_s),
+    ]
