@@ -37,6 +37,8 @@ class Project:
     seed: int = 0
     config: Config = field(default_factory=dict)
     simulation: dict[str, Any] = field(default_factory=dict)
+    #: [tool.corolla.deployment]: min-nodes, wait-nodes (seconds) for `corolla run --server`
+    deployment: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path = ".") -> "Project":
@@ -68,6 +70,7 @@ class Project:
             seed=int(tool.get("seed", 0)),
             config=dict(tool.get("config", {})),
             simulation=dict(tool.get("simulation", {})),
+            deployment=dict(tool.get("deployment", {})),
         )
 
     def load_apps(self) -> tuple[Any, Any]:

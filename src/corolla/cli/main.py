@@ -1,4 +1,4 @@
-"""`corolla` entry point: new, run, runs, show, plot."""
+"""`corolla` entry point: new, run, runs, show, plot, data; serve, node, nodes, certs, keys."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .deploy import COMMANDS as DEPLOY_COMMANDS
+from .deploy import EXAMPLES as DEPLOY_EXAMPLES
+from .deploy import add_deploy_parsers, add_tls_client_options
+
 EXAMPLES = {
     "new": "example:\n  corolla new my-app --template sklearn\n  corolla run my-app",
     "run": (
@@ -19,15 +23,23 @@ EXAMPLES = {
         "  corolla run examples/sklearn-digits                       # settings from pyproject.toml\n"
         "  corolla run . --nodes 100 --rounds 5 -c local-epochs=2 --json out.json\n"
         "  corolla run . --backend inline                           # sequential, breakpoints work\n"
-        "  corolla run . --resume 20261128-001502-a3f9              # continue a killed run"
+        "  corolla run . --resume 20261128-001502-a3f9              # continue a killed run\n"
+        "  corolla run . --server 127.0.0.1:9091 --root-cert certs/ca.pem --key driver.key --min-nodes 3\n"
+        "                                                           # on a coordinator's nodes"
     ),
-    "runs": "examples:\n  corolla runs\n  corolla runs --store my-app/.corolla --json",
+    "runs": (
+        "examples:\n  corolla runs\n  corolla runs --store my-app/.corolla --json\n"
+        "  corolla runs --server 127.0.0.1:9091 --root-cert certs/ca.pem --key driver.key   # a coordinator's runs"
+    ),
     "show": "examples:\n  corolla show 20261128-001502-a3f9\n  corolla show 2026 --json   # a unique prefix is enough",
     "plot": "example:\n  corolla plot 20261128-001502-a3f9 -o curves.png",
     "data": (
         "example:\n  corolla data inspect --data digits --partitioner dirichlet alpha=0.5 --nodes 20 -o heatmap.png"
     ),
 }
+
+
+EXAMPLES.update(DEPLOY_EXAMPLES)
 
 
 def _store_dir(args: argparse.Namespace) -> Path:
@@ -83,10 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--store", metavar="DIR", help="store folder (default: PATH/.corolla)")
     run.add_argument("--quiet", action="store_true", help="no live display or summary (for scripts)")
+    dep = run.add_argument_group("deployment (run on the nodes of a coordinator instead of simulating)")
+    dep.add_argument("--server", metavar="HOST:PORT", help="the coordinator to drive")
+    dep.add_argument("--min-nodes", type=int, help="wait for this many nodes (default: [tool.corolla.deployment])")
+    dep.add_argument("--wait-nodes", type=float, metavar="S", help="how long to wait for them (default 60 s)")
+    add_tls_client_options(dep)
 
     runs = cmd("runs", "list the runs in a store")
     runs.add_argument("--store", metavar="DIR", help="store folder (default: ./.corolla)")
     runs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    runs.add_argument("--server", metavar="HOST:PORT", help="list a coordinator's runs instead of a store's")
+    add_tls_client_options(runs)
 
     show = cmd("show", "per-round metrics of one run")
     show.add_argument("run_id", help="run id (or a unique prefix)")
@@ -101,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .data import add_data_parser
 
     add_data_parser(cmd("data", "look at how a data set is split across nodes (corolla data inspect)"))
+    add_deploy_parsers(cmd)
     return p
 
 
@@ -119,19 +139,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for h in logging.getLogger().handlers:  # the per-run log file gets INFO; the terminal only `level`
         h.setLevel(level)
+    from ..deploy.driver import DriverError
     from ..project import ProjectError
     from ..store import StoreError
     from ..strategies.base import StrategyError
+    from ..transport.credentials import CredentialError
     from ..workflows.rounds import RoundFailed
 
     try:
         from .data import run_data
 
         commands = {"new": cmd_new, "run": cmd_run, "runs": cmd_runs, "show": cmd_show, "plot": cmd_plot}
-        return {**commands, "data": run_data}[args.command](args)
-    except (ProjectError, StoreError, StrategyError, ValueError, TypeError, FileExistsError) as e:
+        return {**commands, "data": run_data, **DEPLOY_COMMANDS}[args.command](args)
+    except (ProjectError, StoreError, StrategyError, CredentialError, ValueError, TypeError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DriverError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     except RoundFailed as e:
         print(f"error: run failed: {e}", file=sys.stderr)
         return 1
@@ -159,21 +184,37 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     overrides = parse_config_overrides(args.config)
     observer = NullObserver() if args.quiet else LiveProgress()
-    kwargs = dict(
-        num_nodes=args.nodes,
+    kwargs: dict = dict(
         num_rounds=args.rounds,
-        backend=args.backend,
         seed=args.seed,
         config=overrides,
         store=args.store,
         resume=args.resume,
         observer=observer,
     )
+    if args.server:
+        from ..deploy.run import run_project_deployed
+        from .deploy import channel_credentials, load_key
+
+        if args.nodes is not None or args.backend is not None:
+            raise ValueError("--nodes and --backend are simulation options; with --server the nodes are the "
+                             "coordinator's (use --min-nodes)")
+        kwargs.update(
+            credentials=channel_credentials(args),
+            key=load_key(args),
+            min_nodes=args.min_nodes,
+            wait_nodes_s=args.wait_nodes,
+        )
+        run = lambda: run_project_deployed(args.path, args.server, **kwargs)  # noqa: E731
+    else:
+        if args.min_nodes is not None or args.wait_nodes is not None:
+            raise ValueError("--min-nodes and --wait-nodes need --server (a coordinator)")
+        run = lambda: run_project(args.path, num_nodes=args.nodes, backend=args.backend, **kwargs)  # noqa: E731
     if isinstance(observer, LiveProgress):
         with observer:
-            history = run_project(args.path, **kwargs)
+            history = run()
     else:
-        history = run_project(args.path, **kwargs)
+        history = run()
     summary = history.to_dict()
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
@@ -208,6 +249,8 @@ def _console(min_width: int) -> Console:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    if args.server:
+        return _server_runs(args)
     with _open_store(args) as st:
         runs = st.list_runs()
     if args.json:
@@ -246,6 +289,28 @@ def cmd_runs(args: argparse.Namespace) -> int:
             Path(r.project).name if r.project else "",
         )
     _console(120).print(t)
+    return 0
+
+
+def _server_runs(args: argparse.Namespace) -> int:
+    from .deploy import server_runs
+
+    runs = server_runs(args)
+    if args.json:
+        print(json.dumps(runs, indent=2))
+        return 0
+    t = Table(title=f"runs on {args.server}")
+    for col in ("run id", "status", "rounds", "seed", "project"):
+        t.add_column(col)
+    for r in runs:
+        t.add_row(
+            r["run_id"],
+            r["status"],
+            f"{r['rounds_completed']}/{r['num_rounds']}",
+            str(r["seed"]),
+            Path(r["project"]).name if r["project"] else "",
+        )
+    _console(100).print(t)
     return 0
 
 

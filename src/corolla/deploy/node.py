@@ -1,0 +1,245 @@
+"""A long-lived node (`corolla node`): one stream to the coordinator, the data owner's ClientApp.
+
+The node keeps one bidirectional stream open. Messages are pushed to it the moment they exist;
+it runs them one at a time in a worker thread (so heartbeats keep flowing during training) and
+streams each reply back. When the stream breaks it reconnects with exponential backoff and
+jitter, asking for the same node id. Replies it has made are kept (a few, bounded in bytes) so a
+message re-sent after a coordinator restart is answered without training twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import random
+import time
+from collections import OrderedDict
+from typing import Any
+
+import grpc
+
+from ..client.app import ClientApp, run_message
+from ..client.context import Context
+from ..message import Message
+from ..records import Config
+from ..transport import credentials as cred
+from ..transport.streams import NODE_METHOD, channel_options, tune_malloc
+from ..wire import codec
+from ..wire import corolla_pb2 as pb
+from .peer import Peer, PeerClosed, PeerRefused, tls_hint
+
+log = logging.getLogger("corolla.node")
+
+#: refusals that another try will not fix
+FATAL = ("unauthorized", "version", "protocol")
+
+
+class NodeRefused(RuntimeError):
+    """The coordinator will not take this node (unknown key, other wire version...)."""
+
+
+class Node:
+    def __init__(
+        self,
+        app: ClientApp,
+        server: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        key: Any = None,
+        node_config: Config | None = None,
+        node_id: int | None = None,
+        name: str = "",
+        chunk_size: int = codec.DEFAULT_CHUNK,
+        max_backoff: float = 10.0,
+        connect_timeout: float = 10.0,
+        keep_replies_bytes: int = 256 << 20,
+    ):
+        self.app, self.server, self.credentials, self.key = app, server, credentials, key
+        self.node_config: Config = dict(node_config or {})
+        if node_id is None and "partition-id" in self.node_config:
+            node_id = int(self.node_config["partition-id"])  # the id simulation gives that partition
+        self.node_id = node_id
+        self.name = name
+        self.chunk_size = chunk_size
+        self.max_backoff = max_backoff
+        self.connect_timeout = connect_timeout
+        self.keep_replies_bytes = keep_replies_bytes
+        self.states: dict[str, dict[str, Any]] = {}  # run id -> Context.state
+        self.replies: OrderedDict[str, Message] = OrderedDict()
+        self.running: dict[str, asyncio.Future] = {}
+        self.handled = 0
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="corolla-app")
+        self._rng = random.Random()  # reconnect jitter only: it must differ between nodes, so not seeded
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Serve until `stop` is set; reconnect on every break. NodeRefused when refused for good."""
+        tune_malloc()
+        stop = stop or asyncio.Event()
+        attempt = 0
+        while not stop.is_set():
+            try:
+                welcomed = await self._session(stop)
+                if welcomed:
+                    attempt = 0
+            except PeerRefused as e:
+                if e.code in FATAL:
+                    raise NodeRefused(f"the coordinator at {self.server} refused this node: {e.code}: {e.reason}")
+                log.warning("refused by %s: %s: %s; retrying", self.server, e.code, e.reason)
+            except (PeerClosed, TimeoutError, codec.WireError, grpc.aio.AioRpcError) as e:
+                log.warning("connection to %s lost: %s", self.server, e)
+            if stop.is_set():
+                break
+            delay = min(self.max_backoff, 0.25 * 2**attempt) * self._rng.uniform(0.5, 1.0)
+            attempt += 1
+            log.info("reconnecting to %s in %.1f s", self.server, delay)
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _session(self, stop: asyncio.Event) -> bool:
+        opts = channel_options(codec.Limits().max_chunk)
+        channel = (
+            grpc.aio.secure_channel(self.server, self.credentials, options=opts)
+            if self.credentials is not None
+            else grpc.aio.insecure_channel(self.server, options=opts)
+        )
+        try:
+            try:
+                await asyncio.wait_for(channel.channel_ready(), self.connect_timeout)
+            except asyncio.TimeoutError:
+                raise TimeoutError(
+                    f"coordinator {self.server} not reachable within {self.connect_timeout:.0f} s; "
+                    f"{tls_hint(self.credentials)}"
+                ) from None
+            call = channel.stream_stream(NODE_METHOD)()
+            peer = Peer(call.read, call.write, codec.Limits(), f"coordinator {self.server}")
+            welcome = await self._handshake(peer)
+            self.node_id = welcome.node_id
+            log.info("node %d connected to %s", self.node_id, self.server)
+            return await self._serve(peer, welcome, call, stop)
+        finally:
+            await channel.close(grace=None)
+
+    async def _handshake(self, peer: Peer) -> pb.Welcome:
+        hello = pb.Hello(
+            version=codec.WIRE_VERSION,
+            role="node",
+            properties=codec.to_entries(self.node_config),
+            name=self.name,
+        )
+        if self.key is not None:
+            hello.public_key = cred.public_bytes(self.key)
+        if self.node_id is not None:
+            hello.has_node_id, hello.node_id = True, self.node_id
+        await peer.send(hello=hello)
+        kind, f = await peer.recv(self.connect_timeout, "the coordinator's answer to hello")
+        which = f.WhichOneof("body") if kind == "frame" else kind
+        if which == "challenge":
+            if self.key is None:
+                raise PeerRefused("unauthorized", "the coordinator asks for a key; start the node with --key FILE")
+            c = f.challenge
+            sig = cred.sign_challenge(self.key, bytes(c.nonce), "node", c.coordinator_id)
+            await peer.send(auth=pb.Auth(signature=sig))
+            kind, f = await peer.recv(self.connect_timeout, "the coordinator's welcome")
+            which = f.WhichOneof("body") if kind == "frame" else kind
+        if which == "refused":
+            raise PeerRefused(f.refused.code, f.refused.reason)
+        if which != "welcome":
+            raise codec.WireError("unexpected", f"expected a welcome, got {which}")
+        return f.welcome
+
+    async def _serve(self, peer: Peer, welcome: pb.Welcome, call: Any, stop: asyncio.Event) -> bool:
+        hb = welcome.heartbeat_s or 2.0
+        loop = asyncio.get_running_loop()
+        beats = loop.create_task(self._heartbeats(peer, hb, call))
+        stopper = loop.create_task(stop.wait())
+        reader = loop.create_task(self._read(peer))
+        try:
+            done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done:
+                reader.result()  # raises what broke the stream
+        finally:
+            for t in (beats, stopper, reader):
+                t.cancel()
+            call.cancel()
+        return True
+
+    async def _heartbeats(self, peer: Peer, hb: float, call: Any) -> None:
+        while True:
+            await asyncio.sleep(hb)
+            if time.monotonic() - peer.last_seen > 3 * hb:
+                log.warning("coordinator %s silent for %.1f s; reconnecting", self.server, 3 * hb)
+                call.cancel()
+                return
+            if not peer.lock.locked():
+                try:
+                    await peer.send(heartbeat=pb.Heartbeat(sent=time.time()))
+                except PeerClosed:
+                    return
+
+    async def _read(self, peer: Peer) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            kind, f = await peer.recv()
+            if kind == "frame":
+                if f.WhichOneof("body") == "refused":
+                    raise PeerRefused(f.refused.code, f.refused.reason)
+                continue
+            if kind != "header":
+                raise codec.WireError("unexpected", f"a {kind} outside a message")
+            h = f.header
+            msg, end = await peer.read_message(f)
+            if not end.ok:
+                continue
+            loop.create_task(self._answer(peer, msg, codec.from_entries(h.run_config), int(h.seed)))
+
+    async def _answer(self, peer: Peer, msg: Message, run_config: Config, seed: int) -> None:
+        mid = msg.metadata.message_id
+        reply = self.replies.get(mid)
+        if reply is None:
+            fut = self.running.get(mid)
+            if fut is None:
+                fut = self.running[mid] = asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._handle, msg, run_config, seed
+                )
+            try:
+                reply = await asyncio.shield(fut)
+            finally:
+                self.running.pop(mid, None)
+            self._keep(mid, reply)
+        try:
+            await peer.write_message(reply, self.chunk_size)
+        except PeerClosed:
+            log.info("reply to %s not sent (stream closed); kept for when it is asked again", mid)
+
+    def _handle(self, msg: Message, run_config: Config, seed: int) -> Message:
+        run_id = msg.metadata.run_id
+        ctx = Context(
+            node_id=int(self.node_id if self.node_id is not None else msg.metadata.dst),
+            node_config=dict(self.node_config),
+            run_config=run_config,
+            state=self.states.get(run_id, {}),
+            run_id=run_id,
+            seed=seed,
+            round=msg.metadata.round,
+        )
+        t0 = time.perf_counter()
+        reply = run_message(self.app, msg, ctx)
+        self.states[run_id] = ctx.state
+        self.handled += 1
+        log.info(
+            "%s for run %s round %d: %s in %.2f s",
+            msg.kind, run_id, msg.metadata.round, "ok" if reply.ok else reply.error, time.perf_counter() - t0,
+        )
+        return reply
+
+    def _keep(self, mid: str, reply: Message) -> None:
+        self.replies[mid] = reply
+        total = sum(r.content.arrays.nbytes for r in self.replies.values())
+        while len(self.replies) > 1 and (len(self.replies) > 16 or total > self.keep_replies_bytes):
+            _, old = self.replies.popitem(last=False)
+            total -= old.content.arrays.nbytes
