@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import copy
 import logging
 import random
 import time
@@ -33,6 +34,34 @@ log = logging.getLogger("corolla.node")
 
 #: refusals that another try will not fix
 FATAL = ("unauthorized", "version", "protocol")
+
+
+#: the order of a round's stages, for `NodeStateHistory`
+STAGE_ORDER = {"train": 0, "evaluate": 1}
+
+
+class NodeStateHistory:
+    """A node's `Context.state` for one run, as it was after each of the last few stages.
+
+    A message re-sent for a stage the node already ran (its driver died and resumed from the
+    last checkpoint) starts from the state before that stage, not after it, so the resumed run
+    ends exactly where an uninterrupted one would.
+    """
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self._after: OrderedDict[tuple[int, int], dict[str, Any]] = OrderedDict()
+
+    def before(self, stage: tuple[int, int]) -> dict[str, Any]:
+        earlier = [k for k in self._after if k < stage]
+        return copy.deepcopy(self._after[max(earlier)]) if earlier else {}
+
+    def after(self, stage: tuple[int, int], state: dict[str, Any]) -> None:
+        for k in [k for k in self._after if k >= stage]:
+            del self._after[k]  # a stage run again replaces what came after it
+        self._after[stage] = state
+        while len(self._after) > self.keep:
+            self._after.popitem(last=False)
 
 
 class NodeRefused(RuntimeError):
@@ -65,7 +94,7 @@ class Node:
         self.max_backoff = max_backoff
         self.connect_timeout = connect_timeout
         self.keep_replies_bytes = keep_replies_bytes
-        self.states: dict[str, dict[str, Any]] = {}  # run id -> Context.state
+        self.states: dict[str, NodeStateHistory] = {}  # run id -> Context.state by stage
         self.replies: OrderedDict[str, Message] = OrderedDict()
         self.running: dict[str, asyncio.Future] = {}
         self.handled = 0
@@ -218,18 +247,20 @@ class Node:
 
     def _handle(self, msg: Message, run_config: Config, seed: int) -> Message:
         run_id = msg.metadata.run_id
+        history = self.states.setdefault(run_id, NodeStateHistory())
+        stage = (msg.metadata.round, STAGE_ORDER.get(msg.kind, len(STAGE_ORDER)))
         ctx = Context(
             node_id=int(self.node_id if self.node_id is not None else msg.metadata.dst),
             node_config=dict(self.node_config),
             run_config=run_config,
-            state=self.states.get(run_id, {}),
+            state=history.before(stage),
             run_id=run_id,
             seed=seed,
             round=msg.metadata.round,
         )
         t0 = time.perf_counter()
         reply = run_message(self.app, msg, ctx)
-        self.states[run_id] = ctx.state
+        history.after(stage, ctx.state)
         self.handled += 1
         log.info(
             "%s for run %s round %d: %s in %.2f s",
