@@ -103,7 +103,8 @@ class DeployGrid:
         self.connect_timeout, self.reconnect_for = connect_timeout, reconnect_for
         self.max_queued_bytes = max_queued_bytes
         self._replies: queue.Queue = queue.Queue()
-        self._queued = 0
+        self._queued = 0  # bytes of replies assembled and not yet folded by the workflow
+        self._big = False
         self._groups: dict[int, _Group] = {}
         self._by_id: dict[str, int] = {}  # message id -> group key
         self._group_keys = itertools.count()
@@ -219,7 +220,7 @@ class DeployGrid:
 
     async def _read(self, peer: Peer) -> None:
         while True:
-            if self._queued > self.max_queued_bytes:
+            if self._queued >= self.max_queued_bytes or (self._queued and self._big):
                 self._room.clear()
                 await self._room.wait()  # the workflow has not folded what it has; hold the stream
             kind, f = await peer.recv()
@@ -231,6 +232,7 @@ class DeployGrid:
                     msg = Message(kind=msg.kind, metadata=msg.metadata)
                     msg.error = codec.message_of(pb.Header(error=pb.ErrorInfo(code=code, text=text))).error
                 self._deliver(msg)
+                del msg  # queued; this frame must not keep a model alive while the next is assembled
             elif kind == "frame":
                 which = f.WhichOneof("body")
                 if which == "refused" and not f.request_id:
@@ -252,12 +254,13 @@ class DeployGrid:
             if not g.ids:
                 del self._groups[key]
         size = msg.content.arrays.nbytes
+        self._big = size >= self.max_queued_bytes // 2  # large models: one reply at a time
         self._queued += size
         self._replies.put((mid, msg, size))
 
     def _release(self, size: int) -> None:
         self._queued -= size
-        if self._queued <= self.max_queued_bytes:
+        if self._queued < self.max_queued_bytes and not (self._queued and self._big):
             self._room.set()
 
     async def _resend(self, peer: Peer) -> None:
@@ -360,8 +363,12 @@ class DeployGrid:
             pass  # the reconnect re-sends them
 
     def receive(self, message_ids: Sequence[str], timeout: float) -> Iterator[Message]:
+        """Replies as they arrive. A reply counts against `max_queued_bytes` until the caller
+        asks for the next one (it has folded it by then), so a large model's replies are held
+        one at a time, not one being folded and another being assembled."""
         waiting = set(message_ids)
         end = time.time() + timeout
+        held = 0
         try:
             while waiting:
                 if self._fatal is not None:
@@ -373,11 +380,18 @@ class DeployGrid:
                     mid, msg, size = self._replies.get(timeout=min(left, 0.5))
                 except queue.Empty:
                     continue
-                self._loop.call_soon_threadsafe(self._release, size)
-                if mid in waiting:
-                    waiting.discard(mid)
-                    yield msg
+                if mid not in waiting:
+                    self._loop.call_soon_threadsafe(self._release, size)
+                    continue
+                waiting.discard(mid)
+                held = size
+                yield msg
+                del msg
+                self._loop.call_soon_threadsafe(self._release, held)
+                held = 0
         finally:
+            if held:
+                self._loop.call_soon_threadsafe(self._release, held)
             if waiting:
                 self._loop.call_soon_threadsafe(self._forget, set(waiting))
         for mid in list(waiting):

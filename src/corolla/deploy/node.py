@@ -225,6 +225,7 @@ class Node:
             if not end.ok:
                 continue
             loop.create_task(self._answer(peer, msg, codec.from_entries(h.run_config), int(h.seed)))
+            del msg  # the task holds it; this frame must not keep a model alive during the next one
 
     async def _answer(self, peer: Peer, msg: Message, run_config: Config, seed: int) -> None:
         mid = msg.metadata.message_id
@@ -269,8 +270,12 @@ class Node:
         return reply
 
     def _keep(self, mid: str, reply: Message) -> None:
+        """Keep the latest replies within the byte budget; one larger than the budget is not kept
+        (a re-sent message for it is trained again), so a node holds one model, not two."""
+        if reply.content.arrays.nbytes > self.keep_replies_bytes:
+            return
         self.replies[mid] = reply
         total = sum(r.content.arrays.nbytes for r in self.replies.values())
-        while len(self.replies) > 1 and (len(self.replies) > 16 or total > self.keep_replies_bytes):
+        while len(self.replies) > 16 or total > self.keep_replies_bytes:
             _, old = self.replies.popitem(last=False)
             total -= old.content.arrays.nbytes

@@ -126,6 +126,7 @@ class Rounds:
                 rec.failures.append(Failure(node, TRAIN, str(reply.error)))
                 log.warning("round %d: node %d failed to train: %s", rctx.round, node, reply.error)
             ctx.observer.reply(reply.error is None)
+            del reply  # folded: let it go before the grid assembles the next (one model, not two)
         need = max(self.min_replies, s.min_replies)
         if acc.replies < need:
             reasons = "; ".join(
