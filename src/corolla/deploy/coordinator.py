@@ -1,8 +1,8 @@
 """The coordinator (`corolla serve`): node registry with liveness, message routing, persistence.
 
 Nodes and drivers each hold one bidirectional stream. A driver's message for several nodes
-crosses the driver's connection once (`Header.dsts`); the coordinator keeps its payload once (in
-memory, or spooled to a file when large) and pushes it to each node the moment it exists. A
+crosses the driver's connection once (`Header.dsts`); the coordinator pushes its payload to each
+node as it arrives, holding a window of it, not the model (`Payload`). A
 node's reply is relayed chunk by chunk to the driver that sent the message, so the coordinator's
 memory is O(chunks in flight), not O(model x nodes). Runs are persisted in a SQLite store.
 
@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
-import os
 import secrets
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -38,50 +37,96 @@ from .peer import Peer, PeerClosed
 
 log = logging.getLogger("corolla.coordinator")
 
-#: payloads up to this size stay in memory; larger ones are spooled to a file
-SPOOL_ABOVE = 64 << 20
+#: how far the coordinator reads a driver's payload ahead of the slowest node it is writing to
+WINDOW = 64 << 20
+#: chunks of a node's reply read ahead of the driver's stream
+RELAY_AHEAD = 8
 HANDSHAKE_S = 10.0
 
 
 class Payload:
-    """One message's array bytes, kept once for all its destinations."""
+    """One message's array bytes, kept once for all its destinations and streamed to them as
+    they arrive from the driver (a node starts receiving before the driver has finished sending).
 
-    def __init__(self, total: int, spool_dir: Path):
-        self.total = total
-        self.size = 0
-        self.refs = 0
-        self._chunks: list[bytes] | None = [] if total <= SPOOL_ABOVE else None
-        self._file = None
-        self._sizes: list[int] = []
-        if self._chunks is None:
-            spool_dir.mkdir(parents=True, exist_ok=True)
-            self._file = tempfile.TemporaryFile(dir=spool_dir)
+    Each destination is a consumer with a cursor; a chunk every consumer has passed is dropped,
+    and the driver is read no further than `window` bytes ahead of the slowest destination being
+    written, so the coordinator holds a window, not the model. A destination waiting for its
+    node to connect keeps the chunks it has not had (bounded by the model), without slowing the
+    others.
+    """
 
-    def add(self, chunk: bytes) -> None:
-        if self._chunks is not None:
-            self._chunks.append(chunk)
-        else:
-            os.pwrite(self._file.fileno(), chunk, self.size)
-            self._sizes.append(len(chunk))
-        self.size += len(chunk)
+    def __init__(self, total: int, window: int = WINDOW):
+        self.total, self.window = total, window
+        self.chunks: list[bytes | None] = []
+        self.received = 0
+        self.complete = False
+        self.ok = True
+        self._cursors: dict[int, int] = {}  # consumer -> index of its next chunk
+        self._active: set[int] = set()  # consumers being written now (they pace the driver)
+        self._trimmed = 0
+        self._tokens = itertools.count()
+        self._changed = asyncio.Condition()
 
-    async def chunks(self):
-        if self._chunks is not None:
-            for c in self._chunks:
-                yield c
-            return
-        off, fd = 0, self._file.fileno()
-        for n in self._sizes:
-            yield os.pread(fd, n, off)
-            off += n
+    def consumer(self) -> int:
+        token = next(self._tokens)
+        self._cursors[token] = 0
+        return token
 
-    def release(self) -> None:
-        self.refs -= 1
-        if self.refs <= 0:
-            self._chunks = None
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def add(self, chunk: bytes) -> None:
+        """Append a chunk from the driver; waits while the window ahead of the active destinations is full."""
+        self.chunks.append(chunk)
+        self.received += len(chunk)
+        await self._notify()
+        async with self._changed:
+            await self._changed.wait_for(self._has_room)
+
+    def _has_room(self) -> bool:
+        live = [self._cursors[t] for t in self._active if t in self._cursors]
+        if not live:
+            return True
+        ahead = len(self.chunks) - min(live)
+        return ahead * (self.received / max(1, len(self.chunks))) < self.window
+
+    async def finish(self, ok: bool) -> None:
+        self.complete, self.ok = True, ok
+        await self._notify()
+
+    async def stream(self, token: int):
+        """The chunks for consumer `token`, as they come; ends when the payload is complete."""
+        self._active.add(token)
+        try:
+            while True:
+                i = self._cursors[token]
+                if i < len(self.chunks):
+                    chunk = self.chunks[i]
+                    self._cursors[token] = i + 1
+                    self._trim()
+                    await self._notify()
+                    yield chunk
+                elif self.complete:
+                    return
+                else:
+                    async with self._changed:
+                        await self._changed.wait_for(lambda: self.complete or self._cursors[token] < len(self.chunks))
+        finally:
+            self._active.discard(token)
+
+    def drop(self, token: int) -> None:
+        """Consumer `token` is done (sent, lost or given up)."""
+        self._cursors.pop(token, None)
+        self._active.discard(token)
+        self._trim()
+        asyncio.get_running_loop().create_task(self._notify())
+
+    def _trim(self) -> None:
+        low = min(self._cursors.values(), default=len(self.chunks))  # no consumers left: nothing to keep
+        for j in range(self._trimmed, low):
+            self.chunks[j] = None
+        self._trimmed = max(self._trimmed, low)
 
 
 @dataclass
@@ -89,6 +134,11 @@ class Delivery:
     header: pb.Header
     payload: Payload | None
     owner: "DriverSession"
+    token: int = -1  # this destination's cursor in the payload
+
+    def drop(self) -> None:
+        if self.payload is not None:
+            self.payload.drop(self.token)
 
     @property
     def message_id(self) -> str:
@@ -107,6 +157,7 @@ class NodeSession:
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     relaying: bool = False  # waiting to hand a reply to a busy driver: not a sign of death
     task: asyncio.Task | None = None  # the stream's handler, cancelled when the node goes silent
+    silent: bool = False
 
 
 @dataclass
@@ -128,7 +179,6 @@ class Coordinator:
         limits: codec.Limits = codec.Limits(),
     ):
         self.store = Store(store_dir)
-        self.spool = Path(store_dir) / "spool"
         self.authorized_keys = authorized_keys
         self.driver_keys = driver_keys
         self.heartbeat_s = heartbeat_s
@@ -160,7 +210,8 @@ class Coordinator:
             raise OSError(f"cannot listen on {address} (in use, or not an address of this machine)")
         await self.server.start()
         self._reaper = asyncio.get_running_loop().create_task(self._reap_held())
-        log.info("coordinator %s listening on %s (%s)", self.id, address, "TLS" if credentials else "plaintext")
+        host = address.rsplit(":", 1)[0]
+        log.info("coordinator %s listening on %s:%d (%s)", self.id, host, port, "TLS" if credentials else "plaintext")
         return port
 
     async def wait(self) -> None:
@@ -287,7 +338,7 @@ class Coordinator:
             log.warning("node %d broke the protocol: %s; dropping it", node_id, e)
             await self._refuse(peer, e.code, str(e))
         except asyncio.CancelledError:
-            reason = "no heartbeat"
+            reason = "no heartbeat" if session.silent else "the coordinator is stopping"
         finally:
             writer.cancel()
             watchdog.cancel()
@@ -314,8 +365,7 @@ class Coordinator:
         while not s.outbox.empty():
             d = s.outbox.get_nowait()
             lost.append((d.message_id, d.owner))
-            if d.payload is not None:
-                d.payload.release()
+            d.drop()
         log.info("node %d left (%s); %d messages lost", s.node_id, reason, len(lost))
         for mid, owner in lost:
             await self._error_to(owner, mid, s.node_id, "node-lost", f"node {s.node_id} disconnected: {reason}")
@@ -348,17 +398,24 @@ class Coordinator:
                 if d.header.deadline and time.time() > d.header.deadline:
                     continue  # the driver has given up on it already
                 s.in_flight[d.message_id] = d.owner
-                chunks = d.payload.chunks() if d.payload is not None else ()
-                await s.peer.write_unit(
-                    codec.frame_bytes(header=d.header),
-                    chunks,
-                    codec.frame_bytes(end=pb.End(message_id=d.message_id, ok=True)),
-                )
+                await s.peer.exclusively(self._deliver, s, d)
             except PeerClosed:
                 return
             finally:
-                if d.payload is not None:
-                    d.payload.release()
+                d.drop()
+
+    async def _deliver(self, s: NodeSession, d: Delivery) -> None:
+        """Header, the payload as it streams in from the driver, end (void if the driver's payload broke)."""
+        await s.peer._send(codec.frame_bytes(header=d.header))
+        sent, ok, reason = 0, True, ""
+        if d.payload is not None:
+            async for chunk in d.payload.stream(d.token):
+                await s.peer._send(chunk)
+                sent += len(chunk)
+            if not d.payload.ok:
+                await s.peer.pad(d.header.payload_bytes - sent)
+                ok, reason = False, "the driver's payload broke off"
+        await s.peer._send(codec.frame_bytes(end=pb.End(message_id=d.message_id, ok=ok, reason=reason)))
 
     async def _watchdog(self, s: NodeSession) -> None:
         """Heartbeats out; a node silent for 3 heartbeats (and not held up by us) is dropped."""
@@ -375,6 +432,7 @@ class Coordinator:
             if silent > 3 * self.heartbeat_s and not s.relaying:
                 log.warning("node %d sent nothing for %.1f s; dropping it", s.node_id, silent)
                 s.peer.closed = True
+                s.silent = True
                 if s.task is not None:
                     s.task.cancel()
                 return
@@ -420,15 +478,30 @@ class Coordinator:
                     to_driver = owner.alive = False
 
         await put(codec.frame_bytes(header=h))
+        ahead: asyncio.Queue = asyncio.Queue(RELAY_AHEAD)  # read the node while the driver's write completes
+
+        async def read() -> None:
+            try:
+                while True:
+                    kind, value = await s.peer.recv(None, "the reply's payload")
+                    await ahead.put((kind, value))
+                    if kind == "end":
+                        return
+            except (PeerClosed, codec.WireError) as e:
+                await ahead.put(("error", e))
+
+        reader = asyncio.get_running_loop().create_task(read())
         try:
             while True:
-                kind, value = await s.peer.recv(None, "the reply's payload")
+                kind, value = await ahead.get()
                 if kind == "chunk":
                     remaining -= len(value)
                     await put(value)
                 elif kind == "end":
                     await put(codec.frame_bytes(end=value))
                     return
+                elif kind == "error":
+                    raise value
         except (PeerClosed, codec.WireError) as e:
             # finish the unit so the driver's stream stays framed, and say the reply is void
             if to_driver:
@@ -442,6 +515,8 @@ class Coordinator:
                 )
             )
             raise
+        finally:
+            reader.cancel()
 
     async def _skip_payload(self, s: NodeSession) -> None:
         while True:
@@ -458,8 +533,7 @@ class Coordinator:
                 keep = []
                 for d in self.held[nid]:
                     if (d.header.deadline and now > d.header.deadline) or not d.owner.alive:
-                        if d.payload is not None:
-                            d.payload.release()
+                        d.drop()
                     else:
                         keep.append(d)
                 if keep:
@@ -504,33 +578,35 @@ class Coordinator:
             log.info("driver %d disconnected", d.sid)
 
     async def _route(self, d: DriverSession, h: pb.Header) -> None:
-        """Take a driver's message (its payload once) and queue it for each destination."""
-        payload = Payload(h.payload_bytes, self.spool) if h.payload_bytes else None
-        while True:
-            kind, value = await d.peer.recv(None, f"the payload of message {h.message_id}")
-            if kind == "chunk":
-                assert payload is not None
-                payload.add(value)
-            elif kind == "end":
-                break
-        if not value.ok:
-            return
+        """Queue a driver's message for each destination, then stream its payload (once) to them."""
+        payload = Payload(h.payload_bytes) if h.payload_bytes else None
         dsts = list(h.dsts) or [h.dst]
         ids = list(h.dst_message_ids) or [h.message_id]
-        if payload is not None:
-            payload.refs = len(dsts)
         h.ClearField("dsts")
         h.ClearField("dst_message_ids")
         for dst, mid in zip(dsts, ids):
             one = pb.Header()
             one.CopyFrom(h)
             one.dst, one.message_id = dst, mid
-            delivery = Delivery(one, payload, d)
+            delivery = Delivery(one, payload, d, payload.consumer() if payload is not None else -1)
             node = self.nodes.get(dst)
             if node is not None and not node.peer.closed:
                 await node.outbox.put(delivery)
             else:
                 self.held[dst].append(delivery)
+        ok = False
+        try:
+            while True:
+                kind, value = await d.peer.recv(None, f"the payload of message {h.message_id}")
+                if kind == "chunk":
+                    assert payload is not None
+                    await payload.add(value)
+                elif kind == "end":
+                    ok = value.ok
+                    break
+        finally:
+            if payload is not None:
+                await payload.finish(ok)
 
     async def _driver_request(self, d: DriverSession, f: pb.Frame) -> None:
         which = f.WhichOneof("body")
@@ -544,9 +620,12 @@ class Coordinator:
                 self._save_run(f.run_update.run)
                 await d.peer.send(request_id=f.request_id, ack=pb.Ack(text="saved"))
             elif which == "cancel":
-                for ids in (set(f.cancel.message_ids),):
-                    for nid, held in list(self.held.items()):
-                        self.held[nid] = [x for x in held if x.message_id not in ids]
+                ids = set(f.cancel.message_ids)
+                for nid, held in list(self.held.items()):
+                    for x in held:
+                        if x.message_id in ids:
+                            x.drop()
+                    self.held[nid] = [x for x in held if x.message_id not in ids]
             elif which == "heartbeat":
                 pass
             else:

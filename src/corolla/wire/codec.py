@@ -318,12 +318,12 @@ class ArrayAssembler:
 
     def __init__(self, header: pb.Header):
         self._arrays = Arrays()
-        self._targets: list[memoryview] = []  # flat byte views of the non-empty arrays, in payload order
+        self._targets: list[np.ndarray] = []  # flat uint8 views of the non-empty arrays, in payload order
         for spec in header.arrays:
             a = np.empty(tuple(spec.shape), np.dtype(spec.dtype))
             self._arrays[spec.name] = a
             if a.nbytes:
-                self._targets.append(_byte_view(a))
+                self._targets.append(a.reshape(-1).view(np.uint8))
         self._remaining = sum(len(t) for t in self._targets)
         self._index = 0  # target being filled
         self._offset = 0  # bytes of it already filled
@@ -333,8 +333,12 @@ class ArrayAssembler:
         return self._remaining == 0
 
     def write(self, chunk: bytes) -> None:
-        """Copy one chunk into place (one slice assignment per array it touches)."""
-        src = memoryview(chunk).cast("B")
+        """Copy one chunk into place (one copy per array it touches).
+
+        The copy is `np.copyto` between uint8 views, which releases the GIL: a memoryview slice
+        assignment holds it, and a workflow folding in another thread would wait on every chunk.
+        """
+        src = np.frombuffer(chunk, np.uint8)
         n = len(src)
         if n > self._remaining:
             raise WireError("too-large", f"chunk of {n} bytes but only {self._remaining} payload bytes are due")
@@ -342,7 +346,7 @@ class ArrayAssembler:
         while pos < n:
             target = self._targets[self._index]
             take = min(len(target) - self._offset, n - pos)
-            target[self._offset : self._offset + take] = src[pos : pos + take]
+            np.copyto(target[self._offset : self._offset + take], src[pos : pos + take])
             pos += take
             self._offset += take
             if self._offset == len(target):
