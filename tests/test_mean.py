@@ -1,6 +1,7 @@
 """`Mean`: the streaming weighted mean (windowed, column-blocked fold)."""
 
 import gc
+import threading
 import weakref
 
 import numpy as np
@@ -40,8 +41,11 @@ def model(rng, n=1, dtype=np.float32, shapes=None):
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Blocks of 64 elements, so the test arrays span several blocks and a partial last one."""
+    """Blocks of 64 elements, so the test arrays span several blocks and a partial last one,
+    and gemv chunks of 256 elements, so a block is several chunks (of 8 or more columns) and a
+    remainder."""
     monkeypatch.setattr(agg, "BLOCK", 64)
+    monkeypatch.setattr(agg, "GEMV_ELEMS", 256)
 
 
 @pytest.mark.parametrize("hot_below", [0, 1 << 30])  # windowed fold, and folding each update as it arrives
@@ -63,8 +67,8 @@ def test_matches_float64_reference(small_blocks, window, weighted, n, hot_below)
 
 
 def test_exact_after_cast_for_integer_weights(small_blocks):
-    """Sums run in add order, weight * float32 is exact in float64: the same bits as the
-    straightforward fold after the cast (fixed data, so this is deterministic)."""
+    """weight * float32 is exact in float64, so only the sums' roundings differ from the
+    straightforward fold: the same bits after the cast (fixed data, so this is deterministic)."""
     rng = np.random.default_rng(7)
     updates = model(rng, 37, shapes={"w": (3000,)})
     base = Arrays({"w": np.zeros(3000, np.float32)})
@@ -253,3 +257,65 @@ def test_small_models_fold_each_update_as_it_arrives():
     acc = m.open({}, ctx())
     m.add(acc, Update(0, updates[0], base, 2.0))
     assert acc.hot and acc.pending == [] and set(acc.sums) == {"w", "b"}  # nothing held back
+
+
+@pytest.mark.parametrize("gemv_elems", [256, agg.GEMV_ELEMS])
+@pytest.mark.parametrize("rows", [1, 2, 5, 17, 40])
+def test_weighted_rows_matches_einsum(monkeypatch, gemv_elems, rows):
+    """The batched gemv puts every chunk and the remainder in its place, on strided staging rows."""
+    monkeypatch.setattr(agg, "GEMV_ELEMS", gemv_elems)
+    rng = np.random.default_rng(rows)
+    stage = rng.standard_normal((rows, 400))
+    w = rng.random(rows) * 100 - 50
+    for m in (0, 1, 7, 8, 63, 64, 65, 300, 400):
+        y = stage[:, :m]  # rows 400 elements apart, like the staging rows of a short block
+        out = np.full(m, np.nan)
+        agg._weighted_rows(w, y, out)
+        ref = np.einsum("i,ij->j", w, y)
+        np.testing.assert_allclose(out, ref, rtol=1e-13, atol=1e-12 * np.max(np.abs(w)))
+
+
+@pytest.mark.parametrize("hot_below", [0, 1 << 30])
+@pytest.mark.parametrize("window", [1, 3, 16])
+def test_updates_equal_to_the_base_give_exactly_zero(small_blocks, window, hot_below):
+    """The base is a row of weight -sum(w): with integer weights every partial sum is an exact
+    multiple of the base, so updates that all equal it cancel exactly."""
+    rng = np.random.default_rng(9)
+    base = model(rng)[0]
+    weights = [int(x) for x in rng.integers(1, 1000, size=20)]
+    out, _, _ = run(Mean(window=window, hot_below=hot_below), [base] * 20, base, weights)
+    for k in base:
+        assert not np.any(out[k]), k
+
+
+def test_staging_is_kept_per_thread(small_blocks, monkeypatch):
+    """A thread's staging rows serve its next rounds, whatever their shapes; a fold on another
+    thread gets its own; and where the rows live does not change a bit of the result."""
+    rng = np.random.default_rng(6)
+    updates = model(rng, 12, shapes={"w": (40, 50)})
+    base = model(rng, shapes={"w": (40, 50)})[0]
+    weights = list(rng.random(12) * 100)  # not integers: products round, order matters
+    m = Mean(window=5, hot_below=0)
+    a, _, _ = run(m, updates, base, weights)
+    kept = agg._local.staging
+    small = model(rng, 3, shapes={"v": (3,)})
+    c, _, _ = run(m, small, small[0], [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(c["v"], reference(small, small[0], [1.0, 2.0, 3.0])["v"], rtol=2**-23, atol=1e-6)
+    b, _, _ = run(m, updates, base, weights)
+    assert agg._local.staging is kept and a["w"].tobytes() == b["w"].tobytes()
+
+    other = {}
+
+    def fold_elsewhere():
+        other["out"] = run(m, updates, base, weights)[0]
+        other["staging"] = agg._local.staging
+
+    t = threading.Thread(target=fold_elsewhere)
+    t.start()
+    t.join()
+    assert other["staging"] is not kept and other["out"]["w"].tobytes() == a["w"].tobytes()
+
+    monkeypatch.setattr(agg, "KEEP_STAGING_BYTES", 0)  # too big to keep: a fresh buffer, not kept
+    del agg._local.staging
+    d, _, _ = run(m, updates, base, weights)
+    assert getattr(agg._local, "staging", None) is None and d["w"].tobytes() == a["w"].tobytes()
