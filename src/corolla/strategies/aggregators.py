@@ -151,7 +151,10 @@ class Mean:
             return acc
         acc.pending.append((w, arrays))
         acc.pending_bytes += nbytes
-        if len(acc.pending) >= self.window or acc.pending_bytes >= self.window_bytes:
+        # a large update is folded at once: holding two of them costs more memory than the
+        # accumulator they would spare (a deployment's driver owns each reply's buffer)
+        big = 2 * nbytes > self.window_bytes
+        if len(acc.pending) >= self.window or acc.pending_bytes >= self.window_bytes or big:
             self._fold(acc, None)
         return acc
 
