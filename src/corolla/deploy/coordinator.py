@@ -38,7 +38,7 @@ from .peer import Peer, PeerClosed
 log = logging.getLogger("corolla.coordinator")
 
 #: how far the coordinator reads a driver's payload ahead of the slowest node it is writing to
-WINDOW = 64 << 20
+WINDOW = 16 << 20
 #: chunks of a node's reply read ahead of the driver's stream
 RELAY_AHEAD = 8
 HANDSHAKE_S = 10.0
@@ -455,6 +455,7 @@ class Coordinator:
         h.ClearField("dst_message_ids")
         if owner is None or not owner.alive:
             log.info("node %d replied to %s, which no driver waits for; dropped", s.node_id, h.reply_to or "nothing")
+            await self._pull(s, h)
             await self._skip_payload(s)
             return
         s.relaying = True
@@ -478,6 +479,7 @@ class Coordinator:
                     to_driver = owner.alive = False
 
         await put(codec.frame_bytes(header=h))
+        await self._pull(s, h)
         ahead: asyncio.Queue = asyncio.Queue(RELAY_AHEAD)  # read the node while the driver's write completes
 
         async def read() -> None:
@@ -517,6 +519,14 @@ class Coordinator:
             raise
         finally:
             reader.cancel()
+
+    async def _pull(self, s: NodeSession, h: pb.Header) -> None:
+        """Ask the node for the reply's payload (it waits for this after the header)."""
+        if h.payload_bytes:
+            try:
+                await s.peer.send(pull=pb.Pull(message_id=h.message_id))
+            except PeerClosed:
+                pass  # the read that follows notices
 
     async def _skip_payload(self, s: NodeSession) -> None:
         while True:

@@ -97,6 +97,7 @@ class Node:
         self.states: dict[str, NodeStateHistory] = {}  # run id -> Context.state by stage
         self.replies: OrderedDict[str, Message] = OrderedDict()
         self.running: dict[str, asyncio.Future] = {}
+        self._pulls: dict[str, asyncio.Event] = {}  # reply id -> set when the coordinator pulls it
         self.handled = 0
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="corolla-app")
         self._rng = random.Random()  # reconnect jitter only: it must differ between nodes, so not seeded
@@ -195,6 +196,9 @@ class Node:
             for t in (beats, stopper, reader):
                 t.cancel()
             call.cancel()
+            peer.closed = True
+            for pulled in self._pulls.values():
+                pulled.set()  # replies waiting to be pulled give up; they are kept for a re-send
         return True
 
     async def _heartbeats(self, peer: Peer, hb: float, call: Any) -> None:
@@ -215,8 +219,11 @@ class Node:
         while True:
             kind, f = await peer.recv()
             if kind == "frame":
-                if f.WhichOneof("body") == "refused":
+                which = f.WhichOneof("body")
+                if which == "refused":
                     raise PeerRefused(f.refused.code, f.refused.reason)
+                if which == "pull":
+                    self._pulls.setdefault(f.pull.message_id, asyncio.Event()).set()
                 continue
             if kind != "header":
                 raise codec.WireError("unexpected", f"a {kind} outside a message")
@@ -242,9 +249,32 @@ class Node:
                 self.running.pop(mid, None)
             self._keep(mid, reply)
         try:
-            await peer.write_message(reply, self.chunk_size)
+            await self._send_reply(peer, reply)
         except PeerClosed:
             log.info("reply to %s not sent (stream closed); kept for when it is asked again", mid)
+
+    async def _send_reply(self, peer: Peer, reply: Message) -> None:
+        """Header, then (once the coordinator pulls it) the payload, then the end.
+
+        Waiting for the pull keeps a reply queued behind a busy driver here, in the reply's own
+        arrays, instead of in the coordinator's buffers. The stream ending wakes the wait."""
+        h = codec.header_of(reply)
+        pulled = self._pulls.setdefault(h.message_id, asyncio.Event()) if h.payload_bytes else None
+
+        async def unit() -> None:
+            await peer._send(codec.frame_bytes(header=h))
+            if pulled is not None:
+                await pulled.wait()
+                if peer.closed:
+                    raise PeerClosed("stream closed before the coordinator pulled the reply")
+            for chunk in codec.payload_chunks(reply.content.arrays, self.chunk_size):
+                await peer._send(chunk)
+            await peer._send(codec.frame_bytes(end=pb.End(message_id=h.message_id, ok=True)))
+
+        try:
+            await peer.exclusively(unit)
+        finally:
+            self._pulls.pop(h.message_id, None)
 
     def _handle(self, msg: Message, run_config: Config, seed: int) -> Message:
         run_id = msg.metadata.run_id

@@ -260,8 +260,14 @@ class Ack(_message.Message):
     text: str
     def __init__(self, text: _Optional[str] = ...) -> None: ...
 
+class Pull(_message.Message):
+    __slots__ = ("message_id",)
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    def __init__(self, message_id: _Optional[str] = ...) -> None: ...
+
 class Frame(_message.Message):
-    __slots__ = ("request_id", "hello", "challenge", "auth", "welcome", "refused", "heartbeat", "header", "end", "list_nodes", "nodes", "run_update", "list_runs", "runs", "cancel", "ack")
+    __slots__ = ("request_id", "hello", "challenge", "auth", "welcome", "refused", "heartbeat", "header", "end", "list_nodes", "nodes", "run_update", "list_runs", "runs", "cancel", "ack", "pull")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     CHALLENGE_FIELD_NUMBER: _ClassVar[int]
@@ -278,6 +284,7 @@ class Frame(_message.Message):
     RUNS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
+    PULL_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     hello: Hello
     challenge: Challenge
@@ -294,4 +301,5 @@ class Frame(_message.Message):
     runs: RunList
     cancel: Cancel
     ack: Ack
-    def __init__(self, request_id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., challenge: _Optional[_Union[Challenge, _Mapping]] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., header: _Optional[_Union[Header, _Mapping]] = ..., end: _Optional[_Union[End, _Mapping]] = ..., list_nodes: _Optional[_Union[ListNodes, _Mapping]] = ..., nodes: _Optional[_Union[NodeList, _Mapping]] = ..., run_update: _Optional[_Union[RunUpdate, _Mapping]] = ..., list_runs: _Optional[_Union[ListRuns, _Mapping]] = ..., runs: _Optional[_Union[RunList, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ...) -> None: ...
+    pull: Pull
+    def __init__(self, request_id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., challenge: _Optional[_Union[Challenge, _Mapping]] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., header: _Optional[_Union[Header, _Mapping]] = ..., end: _Optional[_Union[End, _Mapping]] = ..., list_nodes: _Optional[_Union[ListNodes, _Mapping]] = ..., nodes: _Optional[_Union[NodeList, _Mapping]] = ..., run_update: _Optional[_Union[RunUpdate, _Mapping]] = ..., list_runs: _Optional[_Union[ListRuns, _Mapping]] = ..., runs: _Optional[_Union[RunList, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., pull: _Optional[_Union[Pull, _Mapping]] = ...) -> None: ...
