@@ -30,11 +30,10 @@ import grpc
 from ..grid import timeout_reply
 from ..message import Message, Metadata
 from ..records import Arrays, Config
-from ..transport import credentials as cred
-from ..transport.streams import DRIVER_METHOD, channel_options, tune_malloc
+from ..transport.streams import DRIVER_METHOD, tune_malloc
 from ..wire import codec
 from ..wire import corolla_pb2 as pb
-from .peer import Peer, PeerClosed, PeerRefused, tls_hint
+from .peer import Peer, PeerClosed, PeerRefused, connect, handshake, tls_hint
 
 log = logging.getLogger("corolla.driver")
 
@@ -170,20 +169,8 @@ class DeployGrid:
             await asyncio.sleep(delay)
 
     async def _session(self) -> None:
-        opts = channel_options(codec.Limits().max_chunk)
-        channel = (
-            grpc.aio.secure_channel(self.server, self.credentials, options=opts)
-            if self.credentials is not None
-            else grpc.aio.insecure_channel(self.server, options=opts)
-        )
-        try:
-            try:
-                await asyncio.wait_for(channel.channel_ready(), self.connect_timeout)
-            except asyncio.TimeoutError:
-                raise TimeoutError(f"coordinator {self.server} not reachable: {tls_hint(self.credentials)}") from None
-            call = channel.stream_stream(DRIVER_METHOD)()
-            peer = Peer(call.read, call.write, codec.Limits(), f"coordinator {self.server}")
-            await self._handshake(peer)
+        async with connect(self.server, DRIVER_METHOD, self.credentials, self.connect_timeout) as (call, peer):
+            await handshake(peer, pb.Hello(role="driver"), self.key, self.connect_timeout)
             if self._peer is None and self._last_count is not None:
                 self._reconnected = True
             self._peer = peer
@@ -195,28 +182,6 @@ class DeployGrid:
                 await reader
             finally:
                 call.cancel()
-        finally:
-            await channel.close(grace=None)
-
-    async def _handshake(self, peer: Peer) -> None:
-        hello = pb.Hello(version=codec.WIRE_VERSION, role="driver")
-        if self.key is not None:
-            hello.public_key = cred.public_bytes(self.key)
-        await peer.send(hello=hello)
-        kind, f = await peer.recv(self.connect_timeout, "the coordinator's answer to hello")
-        which = f.WhichOneof("body") if kind == "frame" else kind
-        if which == "challenge":
-            if self.key is None:
-                raise PeerRefused("unauthorized", "the coordinator asks drivers for a key; pass --key FILE")
-            c = f.challenge
-            sig = cred.sign_challenge(self.key, bytes(c.nonce), "driver", c.coordinator_id)
-            await peer.send(auth=pb.Auth(signature=sig))
-            kind, f = await peer.recv(self.connect_timeout, "the coordinator's welcome")
-            which = f.WhichOneof("body") if kind == "frame" else kind
-        if which == "refused":
-            raise PeerRefused(f.refused.code, f.refused.reason)
-        if which != "welcome":
-            raise codec.WireError("unexpected", f"expected a welcome, got {which}")
 
     async def _read(self, peer: Peer) -> None:
         while True:

@@ -24,11 +24,10 @@ from ..client.app import ClientApp, run_message
 from ..client.context import Context
 from ..message import Message
 from ..records import Config
-from ..transport import credentials as cred
-from ..transport.streams import NODE_METHOD, channel_options, tune_malloc
+from ..transport.streams import NODE_METHOD, tune_malloc
 from ..wire import codec
 from ..wire import corolla_pb2 as pb
-from .peer import Peer, PeerClosed, PeerRefused, tls_hint
+from .peer import Peer, PeerClosed, PeerRefused, connect, handshake
 
 log = logging.getLogger("corolla.node")
 
@@ -131,56 +130,14 @@ class Node:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _session(self, stop: asyncio.Event) -> bool:
-        opts = channel_options(codec.Limits().max_chunk)
-        channel = (
-            grpc.aio.secure_channel(self.server, self.credentials, options=opts)
-            if self.credentials is not None
-            else grpc.aio.insecure_channel(self.server, options=opts)
-        )
-        try:
-            try:
-                await asyncio.wait_for(channel.channel_ready(), self.connect_timeout)
-            except asyncio.TimeoutError:
-                raise TimeoutError(
-                    f"coordinator {self.server} not reachable within {self.connect_timeout:.0f} s; "
-                    f"{tls_hint(self.credentials)}"
-                ) from None
-            call = channel.stream_stream(NODE_METHOD)()
-            peer = Peer(call.read, call.write, codec.Limits(), f"coordinator {self.server}")
-            welcome = await self._handshake(peer)
+        async with connect(self.server, NODE_METHOD, self.credentials, self.connect_timeout) as (call, peer):
+            hello = pb.Hello(role="node", properties=codec.to_entries(self.node_config), name=self.name)
+            if self.node_id is not None:
+                hello.has_node_id, hello.node_id = True, self.node_id
+            welcome = await handshake(peer, hello, self.key, self.connect_timeout)
             self.node_id = welcome.node_id
             log.info("node %d connected to %s", self.node_id, self.server)
             return await self._serve(peer, welcome, call, stop)
-        finally:
-            await channel.close(grace=None)
-
-    async def _handshake(self, peer: Peer) -> pb.Welcome:
-        hello = pb.Hello(
-            version=codec.WIRE_VERSION,
-            role="node",
-            properties=codec.to_entries(self.node_config),
-            name=self.name,
-        )
-        if self.key is not None:
-            hello.public_key = cred.public_bytes(self.key)
-        if self.node_id is not None:
-            hello.has_node_id, hello.node_id = True, self.node_id
-        await peer.send(hello=hello)
-        kind, f = await peer.recv(self.connect_timeout, "the coordinator's answer to hello")
-        which = f.WhichOneof("body") if kind == "frame" else kind
-        if which == "challenge":
-            if self.key is None:
-                raise PeerRefused("unauthorized", "the coordinator asks for a key; start the node with --key FILE")
-            c = f.challenge
-            sig = cred.sign_challenge(self.key, bytes(c.nonce), "node", c.coordinator_id)
-            await peer.send(auth=pb.Auth(signature=sig))
-            kind, f = await peer.recv(self.connect_timeout, "the coordinator's welcome")
-            which = f.WhichOneof("body") if kind == "frame" else kind
-        if which == "refused":
-            raise PeerRefused(f.refused.code, f.refused.reason)
-        if which != "welcome":
-            raise codec.WireError("unexpected", f"expected a welcome, got {which}")
-        return f.welcome
 
     async def _serve(self, peer: Peer, welcome: pb.Welcome, call: Any, stop: asyncio.Event) -> bool:
         hb = welcome.heartbeat_s or 2.0

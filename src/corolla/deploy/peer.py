@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
 
 from ..message import Message
+from ..transport import credentials as cred
+from ..transport.streams import channel_options
 from ..wire import codec
 from ..wire import corolla_pb2 as pb
 
@@ -165,3 +168,47 @@ def tls_hint(credentials: Any) -> str:
         "is it running at that address, and does it serve TLS with a certificate signed by the --root-cert CA "
         "for this host name? A plaintext coordinator (serve --insecure) needs --insecure here"
     )
+
+
+@asynccontextmanager
+async def connect(server: str, method: str, credentials: Any, timeout: float) -> AsyncIterator[tuple[Any, Peer]]:
+    """A channel to the coordinator and one stream on it, as a `Peer`; closed on exit."""
+    opts = channel_options(codec.Limits().max_chunk)
+    channel = (
+        grpc.aio.secure_channel(server, credentials, options=opts)
+        if credentials is not None
+        else grpc.aio.insecure_channel(server, options=opts)
+    )
+    try:
+        try:
+            await asyncio.wait_for(channel.channel_ready(), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(
+                f"coordinator {server} not reachable within {timeout:.0f} s; {tls_hint(credentials)}"
+            ) from None
+        call = channel.stream_stream(method)()
+        yield call, Peer(call.read, call.write, codec.Limits(), f"coordinator {server}")
+    finally:
+        await channel.close(grace=None)
+
+
+async def handshake(peer: Peer, hello: pb.Hello, key: Any, timeout: float) -> pb.Welcome:
+    """Say hello, answer the coordinator's challenge with `key` when it asks, return its welcome."""
+    hello.version = codec.WIRE_VERSION
+    if key is not None:
+        hello.public_key = cred.public_bytes(key)
+    await peer.send(hello=hello)
+    kind, f = await peer.recv(timeout, "the coordinator's answer to hello")
+    which = f.WhichOneof("body") if kind == "frame" else kind
+    if which == "challenge":
+        if key is None:
+            raise PeerRefused("unauthorized", f"the coordinator asks {hello.role}s for a key; pass --key FILE")
+        c = f.challenge
+        await peer.send(auth=pb.Auth(signature=cred.sign_challenge(key, bytes(c.nonce), hello.role, c.coordinator_id)))
+        kind, f = await peer.recv(timeout, "the coordinator's welcome")
+        which = f.WhichOneof("body") if kind == "frame" else kind
+    if which == "refused":
+        raise PeerRefused(f.refused.code, f.refused.reason)
+    if which != "welcome":
+        raise codec.WireError("unexpected", f"expected a welcome, got {which}")
+    return f.welcome
