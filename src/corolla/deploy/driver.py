@@ -37,8 +37,6 @@ from .peer import Peer, PeerClosed, PeerRefused, connect, handshake, tls_hint
 
 log = logging.getLogger("corolla.driver")
 
-FATAL = ("unauthorized", "version", "protocol")
-
 
 class DriverError(RuntimeError):
     """The coordinator cannot be used: refused, unreachable past the deadline, too few nodes."""
@@ -149,7 +147,7 @@ class DeployGrid:
                 await self._session()
                 attempt = 0
             except PeerRefused as e:
-                if e.code in FATAL:
+                if e.final:
                     self._fatal = DriverError(f"the coordinator at {self.server} refused this driver: {e}")
                     return
                 log.warning("refused by %s: %s", self.server, e)

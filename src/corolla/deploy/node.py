@@ -31,9 +31,6 @@ from .peer import Peer, PeerClosed, PeerRefused, connect, handshake
 
 log = logging.getLogger("corolla.node")
 
-#: refusals that another try will not fix
-FATAL = ("unauthorized", "version", "protocol")
-
 
 #: the order of a round's stages, for `NodeStateHistory`
 STAGE_ORDER = {"train": 0, "evaluate": 1}
@@ -113,7 +110,7 @@ class Node:
                 if welcomed:
                     attempt = 0
             except PeerRefused as e:
-                if e.code in FATAL:
+                if e.final:
                     raise NodeRefused(f"the coordinator at {self.server} refused this node: {e.code}: {e.reason}")
                 log.warning("refused by %s: %s: %s; retrying", self.server, e.code, e.reason)
             except (PeerClosed, TimeoutError, codec.WireError, grpc.aio.AioRpcError) as e:

@@ -133,14 +133,6 @@ class Peer:
                 await self._send(c)
         await self._send(end)
 
-    async def write_message(self, msg: Message, chunk_size: int, **header_kw: Any) -> None:
-        h = codec.header_of(msg, **header_kw)
-        await self.write_unit(
-            codec.frame_bytes(header=h),
-            codec.payload_chunks(msg.content.arrays, chunk_size),
-            codec.frame_bytes(end=pb.End(message_id=h.message_id, ok=True)),
-        )
-
     async def pad(self, nbytes: int) -> None:
         """Send `nbytes` of zeros (the caller holds the lock): keeps the framing when a payload's source died."""
         while nbytes > 0:
@@ -155,6 +147,11 @@ class PeerRefused(ConnectionError):
     def __init__(self, code: str, reason: str):
         super().__init__(f"{code}: {reason}")
         self.code, self.reason = code, reason
+
+    @property
+    def final(self) -> bool:
+        """Another try will not help (a node id in use may be free again later)."""
+        return self.code in ("unauthorized", "version", "protocol")
 
 
 def tls_hint(credentials: Any) -> str:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from ..grid import Grid
+from ..message import Message
 from ..project import Project
 from ..records import Config
 from ..store import Store
@@ -54,13 +56,13 @@ class _KeepOpen:
     def __init__(self, grid: DeployGrid):
         self.grid = grid
 
-    def node_ids(self):  # noqa: ANN201 - the Grid protocol's types
+    def node_ids(self) -> Sequence[int]:
         return self.grid.node_ids()
 
-    def send(self, messages):  # noqa: ANN001, ANN201
+    def send(self, messages: Sequence[Message]) -> list[str]:
         return self.grid.send(messages)
 
-    def receive(self, message_ids, timeout):  # noqa: ANN001, ANN201
+    def receive(self, message_ids: Sequence[str], timeout: float) -> Iterator[Message]:
         return self.grid.receive(message_ids, timeout)
 
     def close(self) -> None:
