@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import json
 import logging
 import secrets
 import time
@@ -671,8 +672,6 @@ class Coordinator:
 
     # -- runs -----------------------------------------------------------------------------
     def _save_run(self, r: pb.RunRecord) -> None:
-        import json
-
         try:
             self.store.get_run(r.run_id)
         except StoreError:

@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 
 from ..grid import timeout_reply
-from ..message import Message, Metadata
+from ..message import Error, Message, Metadata
 from ..records import Arrays, Config
 from ..transport.streams import DRIVER_METHOD, tune_malloc
 from ..wire import codec
@@ -192,8 +192,7 @@ class DeployGrid:
                 if not end.ok:
                     reason = end.reason or "the reply was cut off"
                     code, _, text = reason.partition(": ")
-                    msg = Message(kind=msg.kind, metadata=msg.metadata)
-                    msg.error = codec.message_of(pb.Header(error=pb.ErrorInfo(code=code, text=text))).error
+                    msg = Message(kind=msg.kind, metadata=msg.metadata, error=Error(code, text))
                 self._deliver(msg)
                 del msg  # queued; this frame must not keep a model alive while the next is assembled
             elif kind == "frame":
