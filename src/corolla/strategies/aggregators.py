@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import buffers
 from ..records import Arrays, Metrics
 from .base import RoundCtx, State, StrategyError, Update
 
@@ -139,10 +140,10 @@ class Mean:
         acc.count += 1
         if acc.hot:
             for k in arrays:
-                s = acc.sums.get(k)
-                if s is None:
-                    s = acc.sums[k] = np.zeros(arrays[k].size, np.float64)
+                if k not in acc.sums:
+                    acc.sums[k] = [np.zeros(arrays[k].size, np.float64)]
                     acc.tmp[k] = np.empty(arrays[k].size, np.float64)
+                s = acc.sums[k][0]
                 tmp = acc.tmp[k]
                 np.copyto(tmp, arrays[k].reshape(-1))  # a widening copy is ~1.6x faster than a casting multiply
                 if w != 1.0:
@@ -190,16 +191,37 @@ class Mean:
         summed = bool(acc.sums)
         w = np.array([1.0] * summed + [wi for wi, _ in pending] + [-acc.weight] * (out is not None))
         for key, shape in acc.spec:
-            rows = ([acc.sums[key]] if summed else []) + [a[key].reshape(-1) for _, a in pending]
-            if out is None:
-                if not summed:
-                    acc.sums[key] = _aligned_empty(int(np.prod(shape, dtype=np.int64)))
-                _fold_blocks(rows, w, acc.sums[key], acc.width)
-            else:
-                base = acc.base[key]
-                dst = np.empty(base.shape, base.dtype)
-                _fold_blocks([*rows, base.reshape(-1)], w, dst.reshape(-1), acc.width, 1 / acc.weight)
+            base = acc.base[key]
+            if out is None and not summed:
+                acc.sums[key] = _accumulator(base.size, base.itemsize)
+            cols = [a[key].reshape(-1) for _, a in pending]
+            if out is not None:
+                dst = buffers.empty(base.shape, base.dtype)
+                flat, cols = dst.reshape(-1), [*cols, base.reshape(-1)]
+            lo = 0
+            # a round that fits in one window has no sums: one span, straight to the output
+            for seg in acc.sums[key] if summed or out is None else [None]:
+                hi = base.size if seg is None else lo + seg.size
+                rows = ([seg] if summed else []) + [c[lo:hi] for c in cols]
+                if out is None:
+                    _fold_blocks(rows, w, seg, acc.width)
+                else:
+                    _fold_blocks(rows, w, flat[lo:hi], acc.width, 1 / acc.weight)
+                lo = hi
+            if out is not None:
                 out[key] = dst
+
+
+def _accumulator(n: int, itemsize: int) -> list[np.ndarray]:
+    """The float64 sums of an array of `n` elements of `itemsize` bytes, in segments of (about)
+    the array's own byte size, from the buffer pool (`corolla.buffers`). A float32 model's sum is
+    two blocks of the model's size, so the pool can hand the same blocks to replies, sums and
+    results round after round, instead of needing one block twice as large (which would have to
+    be held in addition, or faulted in fresh every round)."""
+    if n * 8 < buffers.pool.min_bytes:
+        return [_aligned_empty(n)]
+    step = -(-n * itemsize // 64) * 8  # n * itemsize bytes of float64, up to a multiple of 8 elements (64 bytes)
+    return [buffers.empty(min(step, n - lo), np.float64) for lo in range(0, n, step)]
 
 
 def _aligned_empty(n: int) -> np.ndarray:

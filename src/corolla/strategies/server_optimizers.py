@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import buffers
 from ..records import Arrays, Metrics
 from .base import Hparam, RoundCtx, State, StrategyError, resolve
 
@@ -52,8 +53,11 @@ def _moment_dtype(p: np.ndarray) -> np.dtype:
 
 
 def _plain(p: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """The aggregate as is (FedAvg), for arrays an optimizer does not apply to."""
-    return (p + u).astype(p.dtype, copy=False)
+    """The aggregate as is (FedAvg), for arrays an optimizer does not apply to. Written into a
+    pooled buffer (`corolla.buffers`): a large model's new arrays reuse last round's memory."""
+    out = buffers.empty(p.shape, np.result_type(p, u))
+    np.add(p, u, out=out)
+    return out.astype(p.dtype, copy=False)
 
 
 def _zeros(params: Arrays, kinds: str, fill: float = 0.0) -> Arrays:

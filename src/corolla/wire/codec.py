@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import buffers
 from ..message import Content, Error, Message, Metadata
 from ..records import ALLOWED_DTYPES, Arrays, check_metrics
 from . import corolla_pb2 as pb
@@ -320,7 +321,7 @@ class ArrayAssembler:
         self._arrays = Arrays()
         self._targets: list[np.ndarray] = []  # flat uint8 views of the non-empty arrays, in payload order
         for spec in header.arrays:
-            a = np.empty(tuple(spec.shape), np.dtype(spec.dtype))
+            a = buffers.empty(tuple(spec.shape), np.dtype(spec.dtype))  # used again next round, not faulted in fresh
             self._arrays[spec.name] = a
             if a.nbytes:
                 self._targets.append(a.reshape(-1).view(np.uint8))
