@@ -62,10 +62,15 @@ def test_small_arrays_bypass_the_pool_and_objects_are_refused_from_it():
 def test_idle_bytes_are_capped_oldest_first_and_expire():
     pool = BufferPool(max_idle_bytes=3 * GRANULE, min_bytes=0, max_idle_s=3600)
     blocks = [pool.empty(100 + i, np.uint8) for i in range(5)]
-    first = blocks[0].ctypes.data
-    blocks.clear()
+    addrs = [b.ctypes.data for b in blocks]
+    for i in range(5):
+        blocks[i] = None  # given back in allocation order
     assert pool.idle_bytes == 3 * GRANULE
-    assert all(raw.ctypes.data != first for _, _, raw in pool._idle)  # the oldest were dropped
+
+    def held(addr: int) -> bool:
+        return any(raw.ctypes.data <= addr < raw.ctypes.data + cap for _, cap, raw in pool._idle)
+
+    assert [held(a) for a in addrs] == [False, False, True, True, True]  # the oldest were dropped
     pool.max_idle_s = -1.0
     x = pool.empty(1, np.uint8)  # any call expires blocks idle for longer than max_idle_s
     assert pool.idle_bytes == 0 and x.size == 1
