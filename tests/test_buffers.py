@@ -153,3 +153,14 @@ def test_rounds_reuse_their_blocks(small_pool):
             misses, hits = small_pool.misses, small_pool.hits
     # rounds 4-6 found every block in the pool: 3 replies, 2 sum segments, the update, the new model each
     assert small_pool.misses == misses and small_pool.hits - hits == 3 * 7
+
+
+def test_trim_drops_only_blocks_idle_too_long():
+    pool = BufferPool(min_bytes=0, max_idle_s=3600)
+    a, b = pool.empty(10, np.uint8), pool.empty(10, np.uint8)
+    del a
+    pool.trim()
+    assert pool.idle_bytes == GRANULE  # not idle long enough
+    pool.max_idle_s = -1.0
+    pool.trim()
+    assert pool.idle_bytes == 0 and b.size == 10

@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from .. import buffers
 from ..client.app import ClientApp, run_message
 from ..client.context import Context
 from ..message import Message
@@ -158,6 +159,7 @@ class Node:
     async def _heartbeats(self, peer: Peer, hb: float, call: Any) -> None:
         while True:
             await asyncio.sleep(hb)
+            buffers.pool.trim()  # a node between runs does not keep last run's model buffers
             if time.monotonic() - peer.last_seen > 3 * hb:
                 log.warning("coordinator %s silent for %.1f s; reconnecting", self.server, 3 * hb)
                 call.cancel()
@@ -249,7 +251,11 @@ class Node:
         self.handled += 1
         log.info(
             "%s for run %s round %d: %s in %.2f s",
-            msg.kind, run_id, msg.metadata.round, "ok" if reply.ok else reply.error, time.perf_counter() - t0,
+            msg.kind,
+            run_id,
+            msg.metadata.round,
+            "ok" if reply.ok else reply.error,
+            time.perf_counter() - t0,
         )
         return reply
 
