@@ -60,7 +60,11 @@ class Mean:
     memory once, and the accumulator once per window instead of once per update. `result`
     folds the last window straight into the output, in the same block pass: the base is one
     more row, of weight ``-sum(w)``, and the block is multiplied by ``1 / sum(w)`` and cast.
-    A round that fits in one window never allocates the float64 accumulator at all.
+    A round that fits in one window never allocates the float64 accumulator at all. A lone
+    first update is only widened into the sums (its weight applied in the next fold). Large
+    folds run in two threads, one per span of the arrays (see `_in_parallel`); the sums of a
+    large array are segments of the array's own byte size from `corolla.buffers`, so a
+    deployment's driver reuses the same blocks for replies, sums and results every round.
 
     **Hot fold.** When the float64 accumulator is smaller than `hot_below` (16 MiB: two
     million parameters) it stays in cache anyway, and each update is folded the moment it
