@@ -164,3 +164,38 @@ def test_trim_drops_only_blocks_idle_too_long():
     pool.max_idle_s = -1.0
     pool.trim()
     assert pool.idle_bytes == 0 and b.size == 10
+
+
+def test_two_thread_passes_find_nan_in_either_half_and_match_one_thread(small_pool, monkeypatch):
+    from corolla.strategies import parallel
+    from corolla.strategies.strategy import _all_finite
+
+    n = 100_003
+    assert parallel.halves(n, 4 * n) == [(0, 50_008), (50_008, n)]
+    for where in (0, 50_007, 50_008, n - 1):
+        v = np.ones(n, np.float32)
+        v[where] = np.nan
+        assert not _all_finite(v, block=1000)
+    assert _all_finite(np.ones(n, np.float32), block=1000)
+
+    rng = np.random.default_rng(0)
+    p = Arrays({"w": rng.standard_normal(n).astype(np.float32)})
+    u = Arrays({"w": rng.standard_normal(n).astype(np.float32)})
+    two = SGD().step({}, p, u, RoundCtx(round=1, seed=0, num_nodes=1))[0]["w"]
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 1)
+    assert parallel.halves(n, 4 * n) == [(0, n)]
+    one = SGD().step({}, p, u, RoundCtx(round=1, seed=0, num_nodes=1))[0]["w"]
+    assert np.array_equal(one, two) and np.array_equal(one, p["w"] + u["w"])
+
+
+@pytest.mark.parametrize("window", [1, 16])
+def test_mean_gives_the_same_bits_in_one_thread_and_two(small_pool, monkeypatch, window):
+    from corolla.strategies import parallel
+
+    rng = np.random.default_rng(1)
+    base = Arrays({"w": rng.standard_normal(50_001).astype(np.float32)})
+    ups = [(rng.uniform(0.1, 3.0), Arrays({"w": rng.standard_normal(50_001).astype(np.float32)})) for _ in range(4)]
+    two = _mean(ups, base, window=window, hot_below=0)["w"]
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 1)
+    one = _mean(ups, base, window=window, hot_below=0)["w"]
+    assert np.array_equal(one, two)

@@ -7,9 +7,7 @@ Memory is O(model), whatever the number of replies.
 from __future__ import annotations
 
 import math
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +16,7 @@ import numpy as np
 from .. import buffers
 from ..records import Arrays, Metrics
 from .base import RoundCtx, State, StrategyError, Update
+from .parallel import halves, in_parallel
 
 #: elements per column block of a fold: the fold's float64 staging rows (one per pending update,
 #: plus the accumulator, the base and one for the result) are this long
@@ -62,7 +61,7 @@ class Mean:
     more row, of weight ``-sum(w)``, and the block is multiplied by ``1 / sum(w)`` and cast.
     A round that fits in one window never allocates the float64 accumulator at all. A lone
     first update is only widened into the sums (its weight applied in the next fold). Large
-    folds run in two threads, one per span of the arrays (see `_in_parallel`); the sums of a
+    folds run in two threads, one per span of the arrays (see `parallel.in_parallel`); the sums of a
     large array are segments of the array's own byte size from `corolla.buffers`, so a
     deployment's driver reuses the same blocks for replies, sums and results every round.
 
@@ -204,7 +203,7 @@ class Mean:
                 base = acc.base[key]
                 segs = acc.sums[key] = _accumulator(base.size, base.itemsize)
                 col = arrays[key].reshape(-1)
-                _in_parallel([(np.copyto, seg, col[lo:hi]) for lo, hi, seg in _spans(segs, base.size)])
+                in_parallel([(np.copyto, seg, col[lo:hi]) for lo, hi, seg in _spans(segs, base.size)])
             return
         w = np.array([acc.sums_weight] * summed + [wi for wi, _ in pending] + [-acc.weight] * (out is not None))
         for key, _ in acc.spec:
@@ -226,7 +225,7 @@ class Mean:
                     for lo, hi, seg in _spans(segs, base.size)
                 ]
                 out[key] = dst
-            _in_parallel(jobs)
+            in_parallel(jobs)
         acc.sums_weight = 1.0
 
 
@@ -234,38 +233,12 @@ def _spans(segs: list[np.ndarray] | None, n: int) -> list[tuple[int, int, Any]]:
     """(lo, hi, segment) for each segment of the sums; with no sums (`segs` None), the range cut
     in two for a large array (so two threads can share it), else whole, with segment None."""
     if segs is None:
-        half = -(-n // 16) * 8
-        cut = n * 8 >= buffers.pool.min_bytes and half < n
-        return [(0, half, None), (half, n, None)] if cut else [(0, n, None)]
+        return [(lo, hi, None) for lo, hi in halves(n, n * 8)]
     out, lo = [], 0
     for seg in segs:
         out.append((lo, lo + seg.size, seg))
         lo += seg.size
     return out
-
-
-_helper: ThreadPoolExecutor | None = None
-
-
-def _in_parallel(jobs: list[tuple]) -> None:
-    """Run each ``(fn, *args)``, the first in this thread and the rest in one helper thread at
-    the same time (when there are two cores). Each job writes its own span, the same way in
-    either thread, so the result does not depend on it. A large model's fold passes, which
-    nothing else in a deployment's driver runs beside, take about half the time."""
-    global _helper
-    if len(jobs) < 2 or (os.cpu_count() or 1) < 2:
-        for fn, *args in jobs:
-            fn(*args)
-        return
-    if _helper is None:
-        _helper = ThreadPoolExecutor(1, thread_name_prefix="corolla-fold")
-    futures = [_helper.submit(fn, *args) for fn, *args in jobs[1:]]
-    fn, *args = jobs[0]
-    try:
-        fn(*args)
-    finally:
-        for f in futures:
-            f.result()
 
 
 def _accumulator(n: int, itemsize: int) -> list[np.ndarray]:

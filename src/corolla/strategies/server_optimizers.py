@@ -39,6 +39,7 @@ import numpy as np
 from .. import buffers
 from ..records import Arrays, Metrics
 from .base import Hparam, RoundCtx, State, StrategyError, resolve
+from .parallel import halves, in_parallel
 
 # -- shared pieces -------------------------------------------------------------------------------
 
@@ -56,7 +57,8 @@ def _plain(p: np.ndarray, u: np.ndarray) -> np.ndarray:
     """The aggregate as is (FedAvg), for arrays an optimizer does not apply to. Written into a
     pooled buffer (`corolla.buffers`): a large model's new arrays reuse last round's memory."""
     out = buffers.empty(p.shape, np.result_type(p, u))
-    np.add(p, u, out=out)
+    fp, fu, fo = p.reshape(-1), u.reshape(-1), out.reshape(-1)
+    in_parallel([(np.add, fp[lo:hi], fu[lo:hi], fo[lo:hi]) for lo, hi in halves(fo.size, out.nbytes)])
     return out.astype(p.dtype, copy=False)
 
 

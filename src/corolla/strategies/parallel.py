@@ -1,0 +1,46 @@
+"""Two-thread passes over large arrays, for the server side's memory-bound loops.
+
+A deployment's driver folds, checks and updates a large model while nothing else runs beside
+it, so one core idles. These helpers split such a pass into spans, run the first in the calling
+thread and the rest in one helper thread. Each span is computed exactly as it would be in one
+thread, so results do not depend on the split. Arrays below `MIN_BYTES` run in one thread.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .. import buffers
+
+_helper: ThreadPoolExecutor | None = None
+
+
+def worth_it(nbytes: int) -> bool:
+    """Whether a pass over `nbytes` is split: the same threshold as the buffer pool's."""
+    return nbytes >= buffers.pool.min_bytes and (os.cpu_count() or 1) > 1
+
+
+def halves(n: int, nbytes: int) -> list[tuple[int, int]]:
+    """[lo, hi) spans of `n` elements: two (cut at a multiple of 8) for a large pass, else one."""
+    half = -(-n // 16) * 8
+    return [(0, half), (half, n)] if worth_it(nbytes) and 0 < half < n else [(0, n)]
+
+
+def in_parallel(jobs: list[tuple[Callable[..., Any], ...]]) -> list[Any]:
+    """Run each ``(fn, *args)``: the first in this thread, the rest in one helper thread at the
+    same time (on one core, all in this thread). Returns their results in order."""
+    global _helper
+    if len(jobs) < 2 or (os.cpu_count() or 1) < 2:
+        return [fn(*args) for fn, *args in jobs]
+    if _helper is None:
+        _helper = ThreadPoolExecutor(1, thread_name_prefix="corolla-pass")
+    futures = [_helper.submit(fn, *args) for fn, *args in jobs[1:]]
+    fn, *args = jobs[0]
+    try:
+        first = fn(*args)
+    finally:
+        rest = [f.result() for f in futures]
+    return [first, *rest]
