@@ -199,3 +199,21 @@ def test_mean_gives_the_same_bits_in_one_thread_and_two(small_pool, monkeypatch,
     monkeypatch.setattr(parallel.os, "cpu_count", lambda: 1)
     one = _mean(ups, base, window=window, hot_below=0)["w"]
     assert np.array_equal(one, two)
+
+
+@pytest.mark.parametrize(
+    "dtype,cohort,holds", [(np.float32, 2, True), (np.float32, 3, False), (np.float64, 1, True), (np.float64, 2, False)]
+)
+def test_a_small_cohort_of_large_updates_is_held_and_folded_in_one_pass(small_pool, dtype, cohort, holds):
+    rng = np.random.default_rng(2)
+    base = Arrays({"w": rng.standard_normal(30_000).astype(dtype)})
+    ups = [(float(i + 2), Arrays({"w": rng.standard_normal(30_000).astype(dtype)})) for i in range(cohort)]
+    agg = Mean(hot_below=0, window=2)  # not held: folded as soon as two are pending
+    ctx = RoundCtx(round=1, seed=0, num_nodes=5, cohort=cohort)
+    acc = agg.open({}, ctx)
+    for i, (w, a) in enumerate(ups):
+        acc = agg.add(acc, Update(node=i, arrays=a, weight=w, base=base))
+    assert acc.hold is holds and (not acc.sums) is holds  # held: no float64 sums were ever made
+    got = agg.result(acc, {}, ctx)[0]["w"]
+    want = _mean(ups, base, window=1, hot_below=0)["w"]  # folded one by one
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

@@ -41,6 +41,8 @@ class MeanAcc:
     spec: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (name, shape) of every array, from the first update
     width: int = 8  # elements per staging row: BLOCK, or the longest array if shorter, in whole 64-byte lines
     hot: bool = False  # fold each update as it arrives (the accumulator fits in cache)
+    cohort: int = 0  # updates expected this round (RoundCtx.cohort; 0: not known)
+    hold: bool = False  # keep every update until `result`: they take no more memory than the sums would
     tmp: dict[str, np.ndarray] = field(default_factory=dict)  # float64 scratch of the hot path
 
 
@@ -59,7 +61,10 @@ class Mean:
     memory once, and the accumulator once per window instead of once per update. `result`
     folds the last window straight into the output, in the same block pass: the base is one
     more row, of weight ``-sum(w)``, and the block is multiplied by ``1 / sum(w)`` and cast.
-    A round that fits in one window never allocates the float64 accumulator at all. A lone
+    A round that fits in one window never allocates the float64 accumulator at all. When the
+    round's cohort is known (`RoundCtx.cohort`) and its updates together take no more memory than
+    the float64 sums would (two float32 updates, or one), all are held and `result` folds them,
+    the base and the scaling in one pass, whatever their size. A lone
     first update is only widened into the sums (its weight applied in the next fold). Large
     folds run in two threads, one per span of the arrays (see `parallel.in_parallel`); the sums of a
     large array are segments of the array's own byte size from `corolla.buffers`, so a
@@ -120,7 +125,7 @@ class Mean:
         return {}
 
     def open(self, state: State, ctx: RoundCtx) -> MeanAcc:
-        return MeanAcc()
+        return MeanAcc(cohort=ctx.cohort)
 
     def add(self, acc: MeanAcc, u: Update) -> MeanAcc:
         w = float(u.weight) if self.weighted else 1.0
@@ -138,6 +143,7 @@ class Mean:
             params = sum(sizes)
             acc.width = -(-max(1, min(BLOCK, max(sizes, default=1))) // 8) * 8
             acc.hot = params * 8 < self.hot_below and all(arrays[k].dtype.kind in "fiub" for k in arrays)
+            acc.hold = not acc.hot and 0 < acc.cohort <= self.window and acc.cohort * nbytes <= 8 * params
         elif tuple(spec) != acc.spec:
             raise StrategyError(f"node {u.node} sent arrays {dict(spec)}; the first update had {dict(acc.spec)}")
         for k, v in u.side.items():
@@ -158,6 +164,10 @@ class Mean:
             return acc
         acc.pending.append((w, arrays))
         acc.pending_bytes += nbytes
+        if acc.hold:  # a small cohort of large updates (e.g. 2 of float32): one pass, in `result`
+            if len(acc.pending) > acc.cohort:  # more updates than the cohort announced
+                self._fold(acc, None)
+            return acc
         # a large update is folded at once: holding two of them costs more memory than the
         # accumulator they would spare (a deployment's driver owns each reply's buffer)
         big = 2 * nbytes > self.window_bytes

@@ -42,6 +42,7 @@ class RoundCtx:
     round: int
     seed: int
     num_nodes: int  # size of the federation
+    cohort: int = 0  # nodes asked in this stage, when an accumulator is opened (0: not known)
 
     def rng(self, purpose: str, node: int = 0) -> np.random.Generator:
         return seeding.rng(self.seed, purpose, self.round, node)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Union
 
 from ..grid import Grid, send_and_receive
@@ -109,7 +109,7 @@ class Rounds:
         config.setdefault("round", rctx.round)
         rec.sampled = nodes
         ctx.observer.round_started(rctx.round, num_rounds, TRAIN, len(nodes))
-        acc = s.open(state, rctx)
+        acc = s.open(state, replace(rctx, cohort=len(nodes)))
         msgs = self._messages(TRAIN, nodes, state["params"], config, ctx, rctx.round)
         for reply in send_and_receive(grid, msgs, self.round_timeout):
             node = reply.metadata.src
