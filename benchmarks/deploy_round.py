@@ -18,10 +18,11 @@ Fields:
   driver -> coordinator once (1 model: the broadcast crosses the driver's stream once),
   coordinator -> K nodes (K), K nodes -> coordinator (K), and coordinator -> driver (K replies).
 * `floor_s`: the time to move `bytes_per_round` through one raw loopback TCP connection, measured
-  in this run, before the deployment starts. A sender and a receiver process (forked) use
-  `sendall` of 1 MiB memoryview slices and `recv_into` a preallocated, pre-touched buffer (a ring
-  of at most 64 MiB). The receiver acks the last byte. After one warm-up, `--floor-reps` times;
-  the median is reported.
+  in this run: `--floor-reps` times before the deployment starts and as many times after its last
+  round (the machine's speed drifts over a run; `floor_s_before` and `floor_s_after` list them),
+  each batch after one warm-up; the median of all is reported. A sender and a receiver process
+  use `sendall` of 1 MiB memoryview slices and `recv_into` a preallocated, pre-touched buffer (a
+  ring of at most 64 MiB). The receiver acks the last byte.
 * `ratio` = round_s_median / floor_s.
 * `peak_rss_mib`: the sum of VmHWM (peak RSS) over every process: coordinator, node processes,
   and this driver. It is read from /proc/PID/status after the last round, before anything is
@@ -119,9 +120,10 @@ def _floor_sender(port: int, total: int, reps: int, out) -> None:  # noqa: ANN00
     out.close()
 
 
-def measure_floor(total: int, reps: int) -> tuple[float, list[float]]:
-    """Median seconds to move `total` bytes over loopback (one warm-up run first)."""
-    ctx = mp.get_context("fork")  # nothing of grpc has run yet in this process
+def measure_floor(total: int, reps: int, start: str = "fork") -> list[float]:
+    """Seconds to move `total` bytes over loopback, `reps` times (after one warm-up run).
+    `start`: "fork" before gRPC has run in this process, "spawn" after."""
+    ctx = mp.get_context(start)
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     rx, tx = ctx.Pipe(duplex=False)
@@ -134,13 +136,14 @@ def measure_floor(total: int, reps: int) -> tuple[float, list[float]]:
         if not rx.poll(600):
             raise RuntimeError("floor measurement did not finish within 600 s")
         times = rx.recv()[1:]
+        rx.close()
     finally:
         for p in (send, recv):
             p.join(10)
             if p.is_alive():
                 p.kill()
                 p.join()
-    return statistics.median(times), times
+    return times
 
 
 # -- processes --------------------------------------------------------------------------------------
@@ -419,7 +422,9 @@ def main() -> None:
     signal.alarm(int(a.timeout))
 
     load_start = os.getloadavg()[0]
-    floor, floor_all = (None, []) if a.no_floor else measure_floor(bytes_per_round, a.floor_reps)
+    floor_before = [] if a.no_floor else measure_floor(bytes_per_round, a.floor_reps)
+    floor_after: list[float] = []
+    floor = None
 
     def server(ctx):  # noqa: ANN001
         return Rounds(
@@ -453,6 +458,9 @@ def main() -> None:
         coord_mib = vm_hwm_mib(coord.pid)
         node_mibs = [vm_hwm_mib(pr.pid) for name, pr in procs.procs if name != "coordinator"]
         driver_mib = vm_hwm_mib()
+        if not a.no_floor:
+            floor_after = measure_floor(bytes_per_round, a.floor_reps, "spawn")  # gRPC threads run here now
+            floor = statistics.median(floor_before + floor_after)
         rounds = [r.seconds for r in history.rounds if r.round >= 1]
         replied = [len(r.replied) for r in history.rounds if r.round >= 1]
         steady = rounds[1:] if len(rounds) > 1 else rounds
@@ -470,7 +478,8 @@ def main() -> None:
             "replied_per_round": replied,
             "bytes_per_round": bytes_per_round,
             "floor_s": None if floor is None else sig(floor),
-            "floor_s_all": [sig(x) for x in floor_all],
+            "floor_s_before": [sig(x) for x in floor_before],
+            "floor_s_after": [sig(x) for x in floor_after],
             "ratio": None if not floor else sig(med / floor),
             "effective_gb_s": round(bytes_per_round / med / 1e9, 3),
             "cpu_s_per_round": timer.cpu_per_round(),
