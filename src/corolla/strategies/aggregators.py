@@ -240,14 +240,15 @@ class Mean:
 
 
 def _spans(segs: list[np.ndarray] | None, n: int) -> list[tuple[int, int, Any]]:
-    """(lo, hi, segment) for each segment of the sums; with no sums (`segs` None), the range cut
-    in two for a large array (so two threads can share it), else whole, with segment None."""
+    """(lo, hi, part of a segment) covering the sums' segments, each large one cut in two (so
+    two threads can share the pass); with no sums (`segs` None), the range [0, n) cut the same
+    way, with None for the segment part."""
     if segs is None:
         return [(lo, hi, None) for lo, hi in halves(n, n * 8)]
-    out, lo = [], 0
+    out, off = [], 0
     for seg in segs:
-        out.append((lo, lo + seg.size, seg))
-        lo += seg.size
+        out.extend((off + lo, off + hi, seg[lo:hi]) for lo, hi in halves(seg.size, seg.nbytes))
+        off += seg.size
     return out
 
 
@@ -260,6 +261,8 @@ def _accumulator(n: int, itemsize: int) -> list[np.ndarray]:
     if n * 8 < buffers.pool.min_bytes:
         return [_aligned_empty(n)]
     step = -(-n * itemsize // 64) * 8  # n * itemsize bytes of float64, up to a multiple of 8 elements (64 bytes)
+    if step * 8 < buffers.pool.min_bytes:
+        return [buffers.empty(n, np.float64)]  # segments too small to pool: one pooled block
     return [buffers.empty(min(step, n - lo), np.float64) for lo in range(0, n, step)]
 
 

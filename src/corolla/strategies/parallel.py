@@ -30,17 +30,22 @@ def halves(n: int, nbytes: int) -> list[tuple[int, int]]:
 
 
 def in_parallel(jobs: list[tuple[Callable[..., Any], ...]]) -> list[Any]:
-    """Run each ``(fn, *args)``: the first in this thread, the rest in one helper thread at the
-    same time (on one core, all in this thread). Returns their results in order."""
+    """Run each ``(fn, *args)``: the first half of the list in this thread, the second half in
+    one helper thread at the same time (on one core, all in this thread). Returns their results
+    in order."""
     global _helper
+
+    def run(part: list[tuple[Callable[..., Any], ...]]) -> list[Any]:
+        return [fn(*args) for fn, *args in part]
+
     if len(jobs) < 2 or (os.cpu_count() or 1) < 2:
-        return [fn(*args) for fn, *args in jobs]
+        return run(jobs)
     if _helper is None:
         _helper = ThreadPoolExecutor(1, thread_name_prefix="corolla-pass")
-    futures = [_helper.submit(fn, *args) for fn, *args in jobs[1:]]
-    fn, *args = jobs[0]
+    mine, theirs = jobs[: len(jobs) // 2], jobs[len(jobs) // 2 :]
+    future = _helper.submit(run, theirs)
     try:
-        first = fn(*args)
+        first = run(mine)
     finally:
-        rest = [f.result() for f in futures]
-    return [first, *rest]
+        rest = future.result()
+    return first + rest
