@@ -71,6 +71,7 @@ def main() -> int:
     )
     nofile = _raise_nofile()
     from corolla.deploy import Node, NodeRefused
+    from corolla.transport.streams import run as run_loop
     from corolla.transport.streams import tune_malloc
 
     tune_malloc()
@@ -88,7 +89,7 @@ def main() -> int:
         await asyncio.gather(*(n.run(stop) for n in nodes))
 
     try:
-        asyncio.run(run())
+        run_loop(run())
     except NodeRefused as e:
         print(f"error: {e}", file=sys.stderr)
         return 3

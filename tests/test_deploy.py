@@ -35,8 +35,14 @@ def _credentials(procs: Procs) -> dict:
     nodes_pub.write_text("".join((tmp / "keys" / f"node{i}.key.pub").read_text() for i in range(3)))
     return {
         "serve": [
-            "--tls-cert", "certs/server.pem", "--tls-key", "certs/server.key",
-            "--authorized-keys", "keys/nodes.pub", "--driver-keys", "keys/driver.key.pub",
+            "--tls-cert",
+            "certs/server.pem",
+            "--tls-key",
+            "certs/server.key",
+            "--authorized-keys",
+            "keys/nodes.pub",
+            "--driver-keys",
+            "keys/driver.key.pub",
         ],
         "driver": ["--root-cert", "certs/ca.pem", "--key", "keys/driver.key"],
         "node": lambda i: ["--root-cert", "certs/ca.pem", "--key", f"keys/node{i}.key"],
@@ -54,8 +60,20 @@ def test_tls_and_keys_sklearn_run_completes_and_nodes_are_listed(procs):
     assert sorted(r["properties"]["partition-id"] for r in rows) == [0, 1, 2]
     store = procs.tmp / "driver-store"
     r = procs.corolla(
-        "run", str(SKLEARN), "--server", f"127.0.0.1:{port}", *c["driver"], "--min-nodes", "3",
-        "--rounds", "3", "--store", str(store), "--json", "out.json", "--quiet",
+        "run",
+        str(SKLEARN),
+        "--server",
+        f"127.0.0.1:{port}",
+        *c["driver"],
+        "--min-nodes",
+        "3",
+        "--rounds",
+        "3",
+        "--store",
+        str(store),
+        "--json",
+        "out.json",
+        "--quiet",
     )
     assert r.returncode == 0, r.stderr
     out = json.loads((procs.tmp / "out.json").read_text())
@@ -93,8 +111,19 @@ def test_unknown_key_and_plaintext_client_are_refused_with_reasons(procs):
 def _tiny(procs: Procs, port: int, *args: str, store: str = "drv") -> "subprocess.Popen":  # noqa: F821
     return procs.start(
         [
-            "run", str(TINY), "--server", f"127.0.0.1:{port}", "--insecure", "--min-nodes", "3",
-            "--store", str(procs.tmp / store), "--quiet", "--json", str(procs.tmp / f"{store}.json"), *args,
+            "run",
+            str(TINY),
+            "--server",
+            f"127.0.0.1:{port}",
+            "--insecure",
+            "--min-nodes",
+            "3",
+            "--store",
+            str(procs.tmp / store),
+            "--quiet",
+            "--json",
+            str(procs.tmp / f"{store}.json"),
+            *args,
         ],
         f"driver-{store}",
     )
@@ -167,8 +196,18 @@ def test_driver_killed_then_resumed_ends_like_an_uninterrupted_run(procs):
     run_id = _wait_rounds(procs.tmp / "killed", 2)
     procs.kill(killed)
     r = procs.corolla(
-        "run", str(TINY), "--server", f"127.0.0.1:{port}", "--insecure", "--store", str(procs.tmp / "killed"),
-        "--resume", run_id, "--quiet", "--json", "resumed.json",
+        "run",
+        str(TINY),
+        "--server",
+        f"127.0.0.1:{port}",
+        "--insecure",
+        "--store",
+        str(procs.tmp / "killed"),
+        "--resume",
+        run_id,
+        "--quiet",
+        "--json",
+        "resumed.json",
     )
     assert r.returncode == 0, r.stderr
     resumed = json.loads((procs.tmp / "resumed.json").read_text())
@@ -195,6 +234,48 @@ def test_same_project_same_seed_same_arrays_in_simulation_and_deployment(procs):
         np.testing.assert_allclose(dep.arrays[k], sim.arrays[k], rtol=1e-6, atol=1e-7)
     assert not np.allclose(sim.arrays["w"], 0)
     assert [r.sampled for r in sim.rounds] == [r.sampled for r in dep.rounds]
+
+
+@pytest.mark.parametrize("loop", ["default", "asyncio"])
+def test_either_event_loop_runs_a_deployment_with_the_same_result(procs, monkeypatch, loop):
+    """uvloop where installed (the default), asyncio's loop with COROLLA_EVENT_LOOP=asyncio."""
+    if loop == "asyncio":
+        monkeypatch.setenv("COROLLA_EVENT_LOOP", "asyncio")  # the processes below inherit it
+    else:
+        monkeypatch.delenv("COROLLA_EVENT_LOOP", raising=False)
+    port = procs.serve("--insecure")
+    for i in range(2):
+        procs.node(port, i, "--insecure", n=2)
+    procs.wait_nodes(port, 2, "--insecure")
+    proj = Project.load(TINY)
+    server_app, client_app = proj.load_apps()
+    config = {**proj.config, "fraction-train": 1.0}
+    dep = run_deployment(server_app, f"127.0.0.1:{port}", num_rounds=2, seed=3, run_config=config, min_nodes=2)
+    sim = run_simulation(server_app, client_app, num_nodes=2, num_rounds=2, seed=3, run_config=config, backend="inline")
+    assert [len(r.replied) for r in dep.rounds if r.round] == [2, 2]
+    for k in sim.arrays:
+        np.testing.assert_allclose(dep.arrays[k], sim.arrays[k], rtol=1e-6, atol=1e-7)
+
+
+def test_event_loop_choice(monkeypatch):
+    import asyncio
+
+    from corolla.transport.streams import event_loop, run
+
+    monkeypatch.setenv("COROLLA_EVENT_LOOP", "asyncio")
+    loop = event_loop()
+    assert type(loop).__module__.startswith("asyncio")
+    loop.close()
+    monkeypatch.delenv("COROLLA_EVENT_LOOP")
+    uvloop = pytest.importorskip("uvloop")
+    loop = event_loop()
+    assert isinstance(loop, uvloop.Loop)
+    loop.close()
+
+    async def which() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert run(which()).startswith("uvloop")
 
 
 def test_bad_replies_are_rejected_and_the_run_goes_on(procs, tmp_path):

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..transport.streams import run as run_loop
+
 EXAMPLES = {
     "serve": (
         "examples:\n"
@@ -59,9 +61,7 @@ def add_deploy_parsers(cmd: Any) -> None:
     serve.add_argument(
         "--authorized-keys", metavar="FILE", help="accept only nodes whose Ed25519 public key is in FILE"
     )
-    serve.add_argument(
-        "--driver-keys", metavar="FILE", help="accept only drivers whose Ed25519 public key is in FILE"
-    )
+    serve.add_argument("--driver-keys", metavar="FILE", help="accept only drivers whose Ed25519 public key is in FILE")
     serve.add_argument("--store", metavar="DIR", default=".corolla-coordinator", help="where runs are persisted")
     serve.add_argument("--heartbeat", type=float, default=2.0, metavar="S", help="heartbeat interval (default 2 s)")
 
@@ -87,9 +87,7 @@ def add_deploy_parsers(cmd: Any) -> None:
 
     certs = cmd("certs", "make development TLS certificates (a CA, a server and a client certificate)")
     certs.add_argument("--out", required=True, metavar="DIR", help="folder to write them to")
-    certs.add_argument(
-        "--host", action="append", default=[], help="a name or IP the server is reached by (repeatable)"
-    )
+    certs.add_argument("--host", action="append", default=[], help="a name or IP the server is reached by (repeatable)")
     certs.add_argument("--days", type=int, default=365, help="validity (default 365)")
     certs.add_argument("--force", action="store_true", help="overwrite existing files")
 
@@ -139,7 +137,7 @@ def _run_async(main: Any) -> int:
         await main
 
     try:
-        asyncio.run(runner())
+        run_loop(runner())
     except asyncio.CancelledError:
         pass
     return 0
@@ -287,8 +285,10 @@ def cmd_certs(args: argparse.Namespace) -> int:
     print(f"wrote development certificates to {args.out}:")
     print(f"  coordinator: --tls-cert {paths.server_cert} --tls-key {paths.server_key}")
     print(f"  nodes and drivers: --root-cert {paths.ca_cert}")
-    print(f"  mutual TLS: coordinator --client-ca {paths.ca_cert}; clients --cert {paths.client_cert} "
-          f"--cert-key {paths.client_key}")
+    print(
+        f"  mutual TLS: coordinator --client-ca {paths.ca_cert}; clients --cert {paths.client_cert} "
+        f"--cert-key {paths.client_key}"
+    )
     return 0
 
 

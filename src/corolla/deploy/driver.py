@@ -30,7 +30,7 @@ import grpc
 from ..grid import timeout_reply
 from ..message import Error, Message, Metadata
 from ..records import Arrays, Config
-from ..transport.streams import DRIVER_METHOD, tune_malloc
+from ..transport.streams import DRIVER_METHOD, event_loop, tune_malloc
 from ..wire import codec
 from ..wire import corolla_pb2 as pb
 from .peer import Peer, PeerClosed, PeerRefused, connect, handshake, tls_hint
@@ -113,7 +113,7 @@ class DeployGrid:
         self._reconnected = False
         self._rng = random.Random()  # reconnect jitter only
         tune_malloc()
-        self._loop = asyncio.new_event_loop()
+        self._loop = event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="corolla-driver", daemon=True)
         self._thread.start()
         self._connected = asyncio.Event()  # set and cleared on the loop thread only

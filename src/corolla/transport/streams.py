@@ -1,4 +1,5 @@
-"""The gRPC side of a corolla stream: method names, channel and server options, malloc tuning.
+"""The gRPC side of a corolla stream: method names, channel and server options, malloc tuning,
+the event loop.
 
 Every stream message is raw bytes (no serializer): a serialized frame or a raw array chunk
 (see ``proto/corolla/v1/corolla.proto``). The settings follow what was measured on grpcio
@@ -9,9 +10,12 @@ left alone but for keepalive (so a dead peer is noticed within seconds).
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
-from typing import Any
+import os
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 NODE_METHOD = "/corolla.v1.Coordinator/Node"
 DRIVER_METHOD = "/corolla.v1.Coordinator/Driver"
@@ -81,3 +85,31 @@ def channel_options(max_chunk: int, heartbeat_s: float = 2.0) -> list[tuple[str,
         ("grpc.max_reconnect_backoff_ms", 2000),
         *_keepalive(heartbeat_s),
     ]
+
+
+# -- the event loop ------------------------------------------------------------------------------
+T = TypeVar("T")
+
+#: set to "asyncio" to use the standard event loop even where uvloop is installed
+EVENT_LOOP_ENV = "COROLLA_EVENT_LOOP"
+
+
+def event_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop for a deployment process: uvloop's where it is installed (a dependency
+    on Linux and macOS), else asyncio's. gRPC's aio layer runs on either. Measured on the
+    2-vCPU machine, K=2 rounds of a 400 MB model took 6-8 % less time and CPU with uvloop
+    (1.38 s vs 1.45-1.50 s). `COROLLA_EVENT_LOOP=asyncio` opts out."""
+    if os.environ.get(EVENT_LOOP_ENV, "").strip().lower() != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(main)` on an `event_loop()`."""
+    with asyncio.Runner(loop_factory=event_loop) as runner:
+        return runner.run(main)
