@@ -77,7 +77,7 @@ from ..message import Content, Error, Message, Metadata
 from ..records import Arrays
 from . import shm
 from .federation import Federation, NodeStates
-from .wire import (
+from .pipes import (
     FLUSH_SIGNAL,
     READ_SIZE,
     RING_HEADER,

@@ -41,7 +41,7 @@ from ..message import Content, Message, Metadata
 from ..records import Arrays
 from . import shm
 from .federation import Federation
-from .wire import (
+from .pipes import (
     FLUSH_SIGNAL,
     READ_SIZE,
     RING_HEADER,
