@@ -217,3 +217,35 @@ def test_a_small_cohort_of_large_updates_is_held_and_folded_in_one_pass(small_po
     got = agg.result(acc, {}, ctx)[0]["w"]
     want = _mean(ups, base, window=1, hot_below=0)["w"]  # folded one by one
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_a_forked_child_starts_with_a_fresh_pool_and_helper():
+    import os
+
+    from corolla.strategies import parallel
+
+    pool = BufferPool(min_bytes=0)
+    a = pool.empty(10, np.uint8)
+    del a
+    assert pool.idle_bytes == GRANULE
+    parallel.in_parallel([(int, 1), (int, 2)])  # the helper thread exists now
+    pool._lock.acquire()  # as if another thread held it at the fork
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: must neither hang nor hand out the parent's idle block
+            ok = pool.idle_bytes == 0 and pool.empty(10, np.uint8).size == 10
+            ok = ok and parallel.in_parallel([(int, 3), (int, 4)]) == [3, 4]
+            os._exit(0 if ok else 1)
+    finally:
+        pool._lock.release()
+    import signal
+    import time
+
+    end = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > end:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child hung on the pool or the helper thread")
+        time.sleep(0.02)
+    assert os.waitstatus_to_exitcode(done[1]) == 0

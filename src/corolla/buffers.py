@@ -23,6 +23,7 @@ Arrays below `min_bytes` (16 MiB) come from plain `np.empty`: malloc already kee
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -35,6 +36,8 @@ __all__ = ["BufferPool", "empty", "pool"]
 #: size classes: a block's capacity is its request rounded up to this (a huge page)
 GRANULE = 2 << 20
 
+_pools: "weakref.WeakSet[BufferPool]" = weakref.WeakSet()  # every pool, to reset in a forked child
+
 
 class BufferPool:
     def __init__(self, max_idle_bytes: int = 2 << 30, max_idle_s: float = 60.0, min_bytes: int = 16 << 20):
@@ -43,6 +46,13 @@ class BufferPool:
         self._idle_bytes = 0
         self._lock = threading.RLock()  # a finalizer may run inside a locked section (gc)
         self.hits = self.misses = 0
+        _pools.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a fresh lock (another thread may have held it at the fork) and no
+        idle blocks (they are the parent's pages, copied on the first write)."""
+        self._lock = threading.RLock()
+        self._idle, self._idle_bytes = [], 0
 
     def empty(self, shape: int | Sequence[int], dtype: np.typing.DTypeLike = np.float64, align: int = 64) -> np.ndarray:
         """Like `np.empty(shape, dtype)` (contents undefined), starting on an `align`-byte boundary."""
@@ -111,6 +121,14 @@ class BufferPool:
             _, cap, _ = self._idle.pop(0)
             self._idle_bytes -= cap
 
+
+def _reset_after_fork() -> None:
+    for p in list(_pools):
+        p._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 #: the process-wide pool
 pool = BufferPool()

@@ -18,6 +18,16 @@ from .. import buffers
 _helper: ThreadPoolExecutor | None = None
 
 
+def _forget_helper() -> None:
+    """A forked child has no helper thread: make a new one when needed."""
+    global _helper
+    _helper = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helper)
+
+
 def worth_it(nbytes: int) -> bool:
     """Whether a pass over `nbytes` is split: the same threshold as the buffer pool's."""
     return nbytes >= buffers.pool.min_bytes and (os.cpu_count() or 1) > 1
