@@ -249,3 +249,21 @@ def test_a_forked_child_starts_with_a_fresh_pool_and_helper():
             raise AssertionError("the forked child hung on the pool or the helper thread")
         time.sleep(0.02)
     assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
+def test_a_finished_run_leaves_no_idle_blocks(monkeypatch):
+    """run_simulation (through workflows.stored_run.execute) clears the pool's idle blocks at its end."""
+    from corolla import ClientApp, FedAvg, Rounds, ServerApp, run_simulation
+
+    p = BufferPool(min_bytes=1 << 20)
+    monkeypatch.setattr(buffers, "pool", p)
+    app = ClientApp()
+
+    @app.train
+    def train(msg, ctx):
+        return msg.reply(arrays=Arrays({"w": msg.content.arrays["w"] + 1}), metrics={"num-examples": 1})
+
+    server = ServerApp(lambda ctx: Rounds(strategy=FedAvg(), initial_arrays=Arrays({"w": np.zeros(1 << 19)})))
+    history = run_simulation(server, app, num_nodes=2, num_rounds=3, backend="inline")
+    assert p.misses > 0 and p.idle_bytes == 0  # pooled during the run, nothing idle after it
+    assert (history.arrays["w"] == 3).all()

@@ -15,8 +15,8 @@ every view of it keeps as its base), so callers never give anything back:
 an array that is kept simply keeps its block. Blocks are matched by size class (the size rounded
 up to 2 MiB): a program that allocates the same shapes every round finds them again. At most
 `max_idle_bytes` wait in the pool (oldest dropped first), and blocks idle for longer than
-`max_idle_s` are dropped at the next call or `trim()` (a node calls it with every heartbeat), so a
-finished run does not hold its memory for long.
+`max_idle_s` are dropped at the next call or `trim()` (a node calls it with every heartbeat), and
+a run's end clears the idle blocks (`clear()`), so a finished run does not hold its memory.
 
 Arrays below `min_bytes` (16 MiB) come from plain `np.empty`: malloc already keeps those.
 """

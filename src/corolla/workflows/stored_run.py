@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import buffers
 from ..grid import Grid
 from ..records import Config
 from ..store import Store
@@ -137,6 +138,7 @@ def execute(
     finally:
         if grid is not None:
             grid.close()
+        buffers.pool.clear()  # the run's idle model-sized blocks go back to the system now
         if log_handler is not None:
             logging.getLogger("corolla").removeHandler(log_handler)
             log_handler.close()
