@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["BufferPool", "empty", "pool"]
+__all__ = ["BufferPool", "aligned_empty", "empty", "pool"]
 
 #: size classes: a block's capacity is its request rounded up to this (a huge page)
 GRANULE = 2 << 20
@@ -62,9 +62,7 @@ class BufferPool:
         if dtype.hasobject:
             return np.empty(shape, dtype)  # references: never raw memory
         if nbytes < self.min_bytes:
-            raw = np.empty(nbytes + align, np.uint8)
-            off = -raw.ctypes.data % align
-            return raw[off : off + nbytes].view(dtype).reshape(shape)
+            return aligned_empty(shape, dtype, align)
         capacity = -(-(nbytes + align) // GRANULE) * GRANULE
         raw = self._take(capacity)
         if raw is None:
@@ -120,6 +118,17 @@ class BufferPool:
         while self._idle and now - self._idle[0][0] > self.max_idle_s:
             _, cap, _ = self._idle.pop(0)
             self._idle_bytes -= cap
+
+
+def aligned_empty(shape: int | Sequence[int], dtype: np.typing.DTypeLike = np.float64, align: int = 64) -> np.ndarray:
+    """`np.empty(shape, dtype)` starting on an `align`-byte boundary, outside the pool (e.g. for
+    BLAS, which then sees the same alignment whatever address malloc gave)."""
+    dtype = np.dtype(dtype)
+    shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)  # type: ignore[arg-type]
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + align, np.uint8)
+    off = -raw.ctypes.data % align
+    return raw[off : off + nbytes].view(dtype).reshape(shape)
 
 
 def _reset_after_fork() -> None:

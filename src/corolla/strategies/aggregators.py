@@ -259,19 +259,11 @@ def _accumulator(n: int, itemsize: int) -> list[np.ndarray]:
     results round after round, instead of needing one block twice as large (which would have to
     be held in addition, or faulted in fresh every round)."""
     if n * 8 < buffers.pool.min_bytes:
-        return [_aligned_empty(n)]
+        return [buffers.aligned_empty(n)]
     step = -(-n * itemsize // 64) * 8  # n * itemsize bytes of float64, up to a multiple of 8 elements (64 bytes)
     if step * 8 < buffers.pool.min_bytes:
         return [buffers.empty(n, np.float64)]  # segments too small to pool: one pooled block
     return [buffers.empty(min(step, n - lo), np.float64) for lo in range(0, n, step)]
-
-
-def _aligned_empty(n: int) -> np.ndarray:
-    """`n` float64 starting on a 64-byte boundary (the staging rows and the accumulator, so that
-    BLAS sees the same alignment whatever address an allocation got)."""
-    buf = np.empty(n + 8, np.float64)
-    off = (-buf.ctypes.data % 64) // 8
-    return buf[off : off + n]
 
 
 _local = threading.local()
@@ -286,7 +278,7 @@ def _staging(rows: int, width: int) -> np.ndarray:
     n = rows * width
     buf = getattr(_local, "staging", None)
     if buf is None or buf.size < n:
-        buf = _aligned_empty(n)
+        buf = buffers.aligned_empty(n)  # 64-byte aligned: BLAS sees the same alignment every round
         if buf.nbytes <= KEEP_STAGING_BYTES:
             _local.staging = buf
     return buf[:n].reshape(rows, width)
