@@ -217,3 +217,76 @@ def test_selector_observes_replies_into_its_state():
     s.add(acc, 1, Arrays({"w": np.ones(1)}), {"num-examples": 1, "loss": 3.0}, ctx())
     st2, _, _ = s.close(acc, ctx())
     assert st2["select"] == {"seen": 5.0} and st["select"] == {"seen": 0.0}
+
+
+class _StepOnly:
+    """SGD(1) without `plain_step`: forces the two-pass close (aggregate, then add it)."""
+
+    def init(self, params):
+        return {}
+
+    def step(self, state, params, update, ctx):
+        return SGD(1.0).step(state, params, update, ctx)
+
+
+def _close(strategy, base, replies, c):
+    st = strategy.init(base)
+    acc = strategy.open(st, c)
+    for node, (arrays, n) in enumerate(replies):
+        strategy.add(acc, node, arrays, {"num-examples": n}, c)
+    return strategy.close(acc, c)
+
+
+@pytest.mark.parametrize(
+    "aggregate, cohort, size",
+    [
+        (Mean(), 0, 1000),  # hot fold: float64 sums from the first reply
+        (Mean(hot_below=0), 3, 5000),  # the held cohort, folded once in `result`
+        (Mean(hot_below=0, window=2), 0, 5000),  # windowed: sums, then a last fold
+    ],
+)
+def test_fedavg_writes_new_arrays_in_the_aggregators_last_pass(monkeypatch, aggregate, cohort, size):
+    rng = np.random.default_rng(7)
+    base = Arrays({"w": rng.standard_normal(size).astype(np.float32), "b": rng.standard_normal(3).astype(np.float32)})
+    replies = [
+        (Arrays((k, (v + rng.standard_normal(v.shape) * 1e-3).astype(np.float32)) for k, v in base.items()), n)
+        for n in (3, 5, 11)
+    ]
+    c = RoundCtx(round=1, seed=0, num_nodes=3, cohort=cohort)
+    sel = Uniform(min_nodes=1)
+    two_pass, _, m2 = _close(Strategy(select=sel, aggregate=aggregate, optimizer=_StepOnly()), base, replies, c)
+    calls = []
+    monkeypatch.setattr(Mean, "result", lambda *a: calls.append(a) or pytest.fail("the fused close calls result"))
+    fused, _, m1 = _close(Strategy(select=sel, aggregate=aggregate, optimizer=SGD(1.0)), base, replies, c)
+    assert m1 == {**m2, "server-lr": 1.0} and not calls
+    w = np.array([n for _, n in replies], np.float64)
+    for k in base:
+        exact = sum(wi * r[k].astype(np.float64) for wi, (r, _) in zip(w, replies)) / w.sum()
+        got = fused["params"][k]
+        assert got.dtype == np.float32
+        np.testing.assert_array_max_ulp(got, exact.astype(np.float32), maxulp=1)  # rounded once
+        np.testing.assert_array_max_ulp(got, two_pass["params"][k], maxulp=1)  # the two passes: twice
+        assert np.abs(got - exact).max() <= np.abs(two_pass["params"][k] - exact).max()
+
+
+def test_close_keeps_two_passes_where_one_would_change_the_result(monkeypatch):
+    """A server lr other than 1, an integer array in the group, or a transform between the
+    aggregate and the step: `result` then `step`, as before."""
+    base = Arrays({"w": np.array([1.0, 2.0], np.float32), "n": np.array([5], np.int64)})
+    replies = [(Arrays({"w": np.array([2.0, 2.0], np.float32), "n": np.array([2], np.int64)}), 1)] * 2
+    c = RoundCtx(round=1, seed=0, num_nodes=2, cohort=2)
+    seen = []
+    real = Mean.result
+    monkeypatch.setattr(Mean, "result", lambda self, *a: seen.append(1) or real(self, *a))
+    sel = Uniform(min_nodes=1)
+    st, _, server = _close(Strategy(select=sel), base, replies, c)  # the int array: truncated update, added
+    assert seen and st["params"]["n"].tolist() == [2] and st["params"]["w"].tolist() == [2.0, 2.0]
+    seen.clear()
+    w_only = Arrays({"w": base["w"]})
+    st, _, server = _close(Strategy(select=sel, optimizer=SGD(0.5)), w_only, [(Arrays({"w": r["w"]}), 1) for r, _ in replies], c)
+    assert seen and server["server-lr"] == 0.5 and st["params"]["w"].tolist() == [1.5, 2.0]
+    seen.clear()
+    st, _, _ = _close(
+        Strategy(select=sel, transforms=(WeightCap(10),)), w_only, [(Arrays({"w": r["w"]}), 1) for r, _ in replies], c
+    )
+    assert seen and st["params"]["w"].tolist() == [2.0, 2.0]

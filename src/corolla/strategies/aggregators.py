@@ -176,6 +176,16 @@ class Mean:
         return acc
 
     def result(self, acc: MeanAcc, state: State, ctx: RoundCtx) -> tuple[Arrays, State, Metrics]:
+        return self._finish(acc, state, relative=True)
+
+    def result_params(self, acc: MeanAcc, state: State, ctx: RoundCtx) -> tuple[Arrays, State, Metrics]:
+        """``base + result``, the weighted mean of the replies themselves, in the fold's last
+        pass and rounded once: what ``SGD(1)`` (FedAvg) would make of `result` in a pass of its
+        own (`Strategy.close` asks for this when the step is exactly that). For floating arrays;
+        an integer array's mean is cast (truncated) as `result`'s update would be."""
+        return self._finish(acc, state, relative=False)
+
+    def _finish(self, acc: MeanAcc, state: State, relative: bool) -> tuple[Arrays, State, Metrics]:
         if acc.count == 0:
             raise StrategyError("Mean got no updates this round")
         if acc.weight <= 0:
@@ -185,7 +195,7 @@ class Mean:
             )
         assert acc.base is not None
         out = Arrays()
-        self._fold(acc, out)
+        self._fold(acc, out, relative)
         acc.sums.clear()
         acc.tmp.clear()
         metrics: Metrics = {"num-updates": acc.count, "weight-sum": acc.weight}
@@ -194,9 +204,10 @@ class Mean:
                 metrics[f"side/{k}"] = float(v)
         return out, state, metrics
 
-    def _fold(self, acc: MeanAcc, out: Arrays | None) -> None:
+    def _fold(self, acc: MeanAcc, out: Arrays | None, relative: bool = True) -> None:
         """Fold the pending window into `acc.sums`; with `out` (the last fold), write
-        ``(sums + window - weight * base) / weight`` there instead, in the base's dtypes."""
+        ``(sums + window - weight * base) / weight`` there instead, in the base's dtypes (without
+        ``- weight * base`` when not `relative`: the mean itself)."""
         pending, acc.pending, acc.pending_bytes = acc.pending, [], 0
         if not pending and out is None:
             return
@@ -215,7 +226,8 @@ class Mean:
                 col = arrays[key].reshape(-1)
                 in_parallel([(np.copyto, seg, col[lo:hi]) for lo, hi, seg in _spans(segs, base.size)])
             return
-        w = np.array([acc.sums_weight] * summed + [wi for wi, _ in pending] + [-acc.weight] * (out is not None))
+        with_base = out is not None and relative
+        w = np.array([acc.sums_weight] * summed + [wi for wi, _ in pending] + [-acc.weight] * with_base)
         for key, _ in acc.spec:
             base = acc.base[key]
             if out is None and not summed:
@@ -229,7 +241,7 @@ class Mean:
                 ]
             else:
                 dst = buffers.empty(base.shape, base.dtype)
-                flat, cols = dst.reshape(-1), [*cols, base.reshape(-1)]
+                flat, cols = dst.reshape(-1), [*cols, base.reshape(-1)] if with_base else cols
                 jobs = [
                     (_fold_blocks, [seg] * summed + [c[lo:hi] for c in cols], w, flat[lo:hi], acc.width, 1 / acc.weight)
                     for lo, hi, seg in _spans(segs, base.size)

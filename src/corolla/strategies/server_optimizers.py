@@ -113,6 +113,13 @@ class SGD:
     def init(self, params: Arrays) -> State:
         return {}
 
+    def plain_step(self, state: State, ctx: RoundCtx) -> tuple[State, Metrics] | None:
+        """When this round's step adds the update as it is (lr 1: FedAvg), its (state, metrics),
+        so the aggregator may write ``params + update`` itself in its last pass (`Mean.result_params`);
+        else None."""
+        lr = _check("SGD.lr", resolve(self.lr, ctx.round), *_LR)
+        return (state, {"server-lr": lr}) if lr == 1.0 else None
+
     def step(self, state: State, params: Arrays, update: Arrays, ctx: RoundCtx) -> tuple[Arrays, State, Metrics]:
         lr = _check("SGD.lr", resolve(self.lr, ctx.round), *_LR)
         out = Arrays()

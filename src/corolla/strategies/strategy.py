@@ -248,21 +248,29 @@ class Strategy:
         """-> (new state, aggregated train metrics, server metrics)."""
         state = acc.state
         aggs, opts = self._aggregators, self._optimizers
+        plain = self._plain_steps(acc, ctx)
         update, agg_states, server_metrics = Arrays(), {}, {}
+        params, opt_states = Arrays(state["params"]), {}
         for g in acc.groups:
-            u, agg_states[g], m = aggs[g].result(acc.agg[g], state["aggregate"][g], ctx)
-            update.update(u)
+            if g in plain:  # the aggregator writes params + update itself: one pass fewer
+                new, agg_states[g], m = aggs[g].result_params(acc.agg[g], state["aggregate"][g], ctx)
+                params.update(new)
+            else:
+                u, agg_states[g], m = aggs[g].result(acc.agg[g], state["aggregate"][g], ctx)
+                update.update(u)
             server_metrics.update(_prefixed(g, m, len(acc.groups)))
         tstates = dict(state["transforms"])
         for t in reversed(self.transforms):
             update, tstates[t.name], m = t.on_aggregate(tstates[t.name], update, ctx)
             server_metrics.update({f"{t.name}/{k}": v for k, v in m.items()})
-        params, opt_states = Arrays(state["params"]), {}
         for g, names in acc.groups.items():
-            new, opt_states[g], m = opts[g].step(
-                state["optimizer"][g], _subset(state["params"], names), _subset(update, names), ctx
-            )
-            params.update(new)
+            if g in plain:
+                opt_states[g], m = plain[g]
+            else:
+                new, opt_states[g], m = opts[g].step(
+                    state["optimizer"][g], _subset(state["params"], names), _subset(update, names), ctx
+                )
+                params.update(new)
             server_metrics.update(_prefixed(g, m, len(acc.groups)))
         new_state = {
             **state,
@@ -273,6 +281,26 @@ class Strategy:
             "transforms": tstates,
         }
         return new_state, acc.metrics.result(), server_metrics
+
+
+    def _plain_steps(self, acc: RoundAcc, ctx: RoundCtx) -> dict[str, tuple[State, Metrics]]:
+        """{group: the optimizer's (state, metrics)} for the groups whose step this round only
+        adds the aggregate (FedAvg's ``SGD(1)``, `plain_step`) and whose aggregator can write
+        ``base + aggregate`` itself (`result_params`), with nothing between the two (no
+        transforms) and only floating arrays: the new arrays then take one pass over the model
+        instead of two. Same values as the two passes up to the last bit (one rounding fewer)."""
+        if self.transforms:
+            return {}
+        out = {}
+        for g, names in acc.groups.items():
+            agg, opt = self._aggregators[g], self._optimizers[g]
+            if not (hasattr(agg, "result_params") and hasattr(opt, "plain_step")):
+                continue
+            if all(acc.base[n].dtype.kind == "f" for n in names):
+                step = opt.plain_step(acc.state["optimizer"][g], ctx)
+                if step is not None:
+                    out[g] = step
+        return out
 
 
 def _min_updates(aggregator: Any) -> int:
