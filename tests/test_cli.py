@@ -63,6 +63,15 @@ def test_runs_show_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_runs_without_a_store_here_names_the_stores_below(tmp_path):
+    corolla("run", TINY, "--store", tmp_path / "app" / ".corolla", "--rounds", "1", "--quiet")
+    p = subprocess.run([*CLI, "runs"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert p.returncode != 0
+    assert "no store at .corolla" in p.stderr and "--store app/.corolla" in p.stderr
+    p = subprocess.run([*CLI, "runs", "--store", "app/.corolla", "--json"], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0 and json.loads(p.stdout)[0]["status"] == "completed"
+
+
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     rounds = 6
     full = run_json(tmp_path, "--rounds", rounds, name="full.json")

@@ -238,7 +238,10 @@ def _open_store(args: argparse.Namespace):
 
     d = _store_dir(args)
     if not (d / "corolla.db").exists():
-        raise StoreError(f"no store at {d}; run a project first or pass --store DIR")
+        # `corolla run PATH` stores in PATH/.corolla: name the stores of the folders below
+        found = [] if args.store else sorted(str(db.parent) for db in d.parent.glob("*/.corolla/corolla.db"))[:5]
+        hint = f"; stores found below: {', '.join(found)} (e.g. --store {found[0]})" if found else ""
+        raise StoreError(f"no store at {d}; run a project first or pass --store DIR{hint}")
     return Store(d)
 
 
