@@ -68,7 +68,8 @@ def test_runs_without_a_store_here_names_the_stores_below(tmp_path):
     p = subprocess.run([*CLI, "runs"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert p.returncode != 0
     assert "no store at .corolla" in p.stderr and "--store app/.corolla" in p.stderr
-    p = subprocess.run([*CLI, "runs", "--store", "app/.corolla", "--json"], capture_output=True, text=True, cwd=tmp_path)
+    args = [*CLI, "runs", "--store", "app/.corolla", "--json"]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert p.returncode == 0 and json.loads(p.stdout)[0]["status"] == "completed"
 
 

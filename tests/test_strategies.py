@@ -283,10 +283,9 @@ def test_close_keeps_two_passes_where_one_would_change_the_result(monkeypatch):
     assert seen and st["params"]["n"].tolist() == [2] and st["params"]["w"].tolist() == [2.0, 2.0]
     seen.clear()
     w_only = Arrays({"w": base["w"]})
-    st, _, server = _close(Strategy(select=sel, optimizer=SGD(0.5)), w_only, [(Arrays({"w": r["w"]}), 1) for r, _ in replies], c)
+    w_replies = [(Arrays({"w": r["w"]}), 1) for r, _ in replies]
+    st, _, server = _close(Strategy(select=sel, optimizer=SGD(0.5)), w_only, w_replies, c)
     assert seen and server["server-lr"] == 0.5 and st["params"]["w"].tolist() == [1.5, 2.0]
     seen.clear()
-    st, _, _ = _close(
-        Strategy(select=sel, transforms=(WeightCap(10),)), w_only, [(Arrays({"w": r["w"]}), 1) for r, _ in replies], c
-    )
+    st, _, _ = _close(Strategy(select=sel, transforms=(WeightCap(10),)), w_only, w_replies, c)
     assert seen and st["params"]["w"].tolist() == [2.0, 2.0]

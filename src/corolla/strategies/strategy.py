@@ -282,7 +282,6 @@ class Strategy:
         }
         return new_state, acc.metrics.result(), server_metrics
 
-
     def _plain_steps(self, acc: RoundAcc, ctx: RoundCtx) -> dict[str, tuple[State, Metrics]]:
         """{group: the optimizer's (state, metrics)} for the groups whose step this round only
         adds the aggregate (FedAvg's ``SGD(1)``, `plain_step`) and whose aggregator can write
