@@ -52,3 +52,13 @@ def simple_server(min_nodes=2, **kw) -> ServerApp:
 @pytest.fixture
 def python():
     return sys.executable
+
+
+@pytest.fixture
+def procs(tmp_path):
+    """Real coordinator/node/driver processes on 127.0.0.1 (deploy_procs.Procs), stopped by PID at the end."""
+    from deploy_procs import Procs
+
+    p = Procs(tmp_path)
+    yield p
+    p.stop_all()

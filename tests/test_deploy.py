@@ -18,13 +18,6 @@ from deploy_procs import SKLEARN, TINY, Procs
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def procs(tmp_path):
-    p = Procs(tmp_path)
-    yield p
-    p.stop_all()
-
-
 def _credentials(procs: Procs) -> dict:
     tmp = procs.tmp
     assert procs.corolla("certs", "--out", "certs").returncode == 0

@@ -15,16 +15,8 @@ from corolla import Arrays, FedAvg, Rounds, ServerApp
 from corolla.deploy import run_deployment
 from corolla.transport.streams import DRIVER_METHOD, NODE_METHOD
 from corolla.wire import codec, pb
-from deploy_procs import Procs
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def procs(tmp_path):
-    p = Procs(tmp_path)
-    yield p
-    p.stop_all()
 
 
 def _stream(port: int, method: str, frames: list[bytes], timeout: float = 10.0) -> tuple[list[bytes], str]:
